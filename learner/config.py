@@ -1,0 +1,155 @@
+"""Typed configuration of the learner role (``python -m learner``).
+
+Load with ``common.config.load(LearnerConfig, path, overrides)``; ``validate``
+refuses bad values and invalid combinations by naming the field, at start.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from common.config import require
+
+ALGORITHMS = ("flowrl", "grpo", "reinforce_pp")
+
+
+@dataclass
+class SamplingConfig:
+    """What actors are asked to generate; sent with every lease."""
+
+    n: int = 4
+    """Completions per prompt (the group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner scores log-probs of softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_tokens: int = 64
+    """Completion length limit."""
+
+
+@dataclass
+class AlgoConfig:
+    """The objective; the trainer calls whichever ``algorithm`` names."""
+
+    algorithm: str = "flowrl"
+    """"flowrl", "grpo" or "reinforce_pp"."""
+    beta: float = 15.0
+    """FlowRL reward scale: target ∝ π_ref · exp(β · r̂)."""
+    is_clip_low: float = 0.8
+    """Lower clip of the importance weight; 0 means no lower bound."""
+    is_clip_high: float = 1.2
+    """Upper clip of the importance weight; inf means no upper bound (reference code: 10)."""
+    importance_weighting: bool = True
+    """Ablation: false uses w = 1 (no off-policy correction)."""
+    length_norm: bool = True
+    """Ablation: false uses summed instead of mean token log-probs in δ."""
+    use_ref: bool = True
+    """Ablation: false drops the reference-model prior from δ (and skips the reference forward)."""
+    old_logp_source: str = "actor"
+    """π_old for the importance weight: "actor" (behaviour log-probs recorded at sampling) or
+    "learner" (recomputed at the start of the step with the current weights, i.e. on-policy w≈1)."""
+    log_z_lr: float = 0.0
+    """Learning rate of the log Z head; 0 means the policy's lr."""
+    clip_eps: float = 0.2
+    """GRPO / REINFORCE++ ratio clip."""
+    kl_coef: float = 0.0
+    """GRPO k3 KL coefficient / REINFORCE++ token-level KL penalty coefficient."""
+
+    def validate(self) -> None:
+        require(self.algorithm in ALGORITHMS, "algo.algorithm", f"unknown {self.algorithm!r}; one of {ALGORITHMS}")
+        require(self.beta > 0, "algo.beta", f"must be > 0, got {self.beta}")
+        require(self.is_clip_low >= 0, "algo.is_clip_low", "must be >= 0")
+        require(self.is_clip_low <= self.is_clip_high, "algo.is_clip_low",
+                f"lower bound {self.is_clip_low} is above upper bound {self.is_clip_high}")
+        require(self.old_logp_source in ("actor", "learner"), "algo.old_logp_source", "must be 'actor' or 'learner'")
+        require(self.log_z_lr >= 0, "algo.log_z_lr", "must be >= 0")
+        require(0 < self.clip_eps < 1, "algo.clip_eps", "must be in (0, 1)")
+        require(self.kl_coef >= 0, "algo.kl_coef", "must be >= 0")
+
+    @property
+    def is_clip(self) -> tuple[float | None, float | None] | None:
+        if not self.importance_weighting:
+            return None
+        return (self.is_clip_low or None, None if math.isinf(self.is_clip_high) else self.is_clip_high)
+
+
+@dataclass
+class LearnerConfig:
+    model: str = "embedded"
+    """Local HF model directory or "embedded"; actors must load the same."""
+    dtype: str = "float32"
+    """Training dtype of the policy and reference."""
+    tasks: str = "arithmetic"
+    """Built-in task name or a .jsonl file (see common/data.py)."""
+    num_prompts: int = 512
+    """Prompts drawn from a built-in task."""
+    task_seed: int = 0
+    """Seed of the built-in task generator."""
+    epochs: int = 0
+    """Passes over the prompts; 0 means until max_steps."""
+    max_steps: int = 100
+    """Optimizer steps to run; 0 means until the epochs are done."""
+    groups_per_step: int = 4
+    """Prompt groups per optimizer step (batch = groups_per_step × sampling.n sequences)."""
+    micro_batch_seqs: int = 8
+    """Sequences per forward/backward on one rank (gradient accumulation covers the rest)."""
+    buffer_capacity: int = 64
+    """Most prompt groups buffered plus in flight."""
+    max_staleness: int = 2
+    """Groups generated more than this many versions ago are dropped and their prompts re-queued."""
+    lease_timeout_s: float = 600.0
+    """A leased prompt not returned within this is re-queued (its actor is presumed dead)."""
+    lr: float = 1e-6
+    """AdamW learning rate of the policy."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip (DeepSpeed gradient_clipping)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (0-3)."""
+    bind: str = "tcp://*:5555"
+    """ROUTER endpoint actors connect to."""
+    pub_bind: str = "tcp://*:5556"
+    """PUB endpoint for version announcements."""
+    advertise_host: str = "127.0.0.1"
+    """Host name actors use to reach this learner's PUB socket and broadcast rendezvous."""
+    actors: int = 2
+    """Actors in the weight broadcast group; it forms once this many have said hello."""
+    weight_port: int = 29555
+    """TCP port of the broadcast group's rendezvous (separate from the training group's)."""
+    broadcast_timeout_s: float = 600.0
+    """A broadcast (or the group's formation) that takes longer fails the run."""
+    metrics_port: int = 9100
+    """Rank 0 serves /metrics and /health here (rank r on metrics_port + r); 0 picks a free port."""
+    run_dir: str = "runs/flowrl"
+    """Step log (steps.jsonl) and checkpoints go here."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many steps; 0: only at the end."""
+    seed: int = 0
+    """Torch and data-order seed."""
+    torch_threads: int = 0
+    """Intra-op threads per rank; 0 leaves torch's default."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+
+    def validate(self, world_size: int = 1) -> None:
+        self.algo.validate()
+        s = self.sampling
+        require(s.n >= 2, "sampling.n", "must be >= 2 (group-normalised rewards need a group)")
+        require(s.temperature > 0, "sampling.temperature", "must be > 0")
+        require(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+        require(s.max_tokens >= 1, "sampling.max_tokens", "must be >= 1")
+        require(self.dtype in ("float32", "bfloat16"), "dtype", f"unsupported {self.dtype!r}")
+        require(self.max_steps > 0 or self.epochs > 0, "max_steps", "max_steps and epochs cannot both be 0")
+        require(self.max_steps >= 0 and self.epochs >= 0, "max_steps", "must be >= 0")
+        require(self.groups_per_step >= 1 and self.micro_batch_seqs >= 1, "groups_per_step", "must be >= 1")
+        require(self.groups_per_step % world_size == 0, "groups_per_step",
+                f"{self.groups_per_step} groups must split evenly over {world_size} ranks (groups are never split)")
+        require(self.buffer_capacity >= self.groups_per_step, "buffer_capacity", "must hold at least one step's groups")
+        require(self.max_staleness >= 0, "max_staleness", "must be >= 0")
+        require(self.lease_timeout_s > 0 and self.broadcast_timeout_s > 0, "lease_timeout_s", "timeouts must be > 0")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0-3")
+        require(self.actors >= 0, "actors", "must be >= 0")
+        require(0 <= self.metrics_port < 65536 and 0 <= self.weight_port < 65536, "metrics_port", "must be a port")
+        require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")

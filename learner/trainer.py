@@ -1,0 +1,183 @@
+"""One training step on one rank: collate prompt groups, compute reference and
+(optionally) recomputed behaviour log-probs, then the objective's loss per
+micro-batch through the DeepSpeed engine (always ``deepspeed.initialize``;
+ZeRO stage from config; gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from common.models import load_model
+from learner.algorithms import build_objective
+from learner.buffer import Group
+from learner.config import LearnerConfig
+from learner.model import Batch, PolicyWithLogZ, reference_logprobs
+
+
+def collate(groups: list[Group], pad_id: int) -> Batch:
+    comps = [(gi, g.prompt_tokens, c) for gi, g in enumerate(groups) for c in g.completions]
+    B = len(comps)
+    L = max(len(p) + len(c.tokens) for _, p, c in comps)
+    T = max(len(c.tokens) for _, _, c in comps)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    resp = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T))
+    old = torch.zeros((B, T))
+    for i, (_, p, c) in enumerate(comps):
+        n, r = len(p), len(c.tokens)
+        input_ids[i, :n] = torch.from_numpy(p.astype(np.int64))
+        input_ids[i, n:n + r] = torch.from_numpy(c.tokens.astype(np.int64))
+        attn[i, :n + r] = 1
+        resp[i, :r] = input_ids[i, n:n + r]
+        mask[i, :r] = 1.0
+        old[i, :r] = torch.from_numpy(c.logprobs.astype(np.float32))
+    return Batch(input_ids, attn, torch.tensor([len(p) for _, p, _ in comps]),
+                 torch.tensor([len(c.tokens) for _, _, c in comps]), resp, mask, old,
+                 torch.tensor([c.score for _, _, c in comps], dtype=torch.float32),
+                 torch.tensor([gi for gi, _, _ in comps]), torch.tensor([c.version for _, _, c in comps]))
+
+
+def trim(b: Batch) -> Batch:
+    """Drop the padding columns a micro-batch does not need."""
+    L = int((b.prompt_lens + b.resp_lens).max())
+    T = int(b.resp_lens.max())
+    return Batch(b.input_ids[:, :L], b.attention_mask[:, :L], b.prompt_lens, b.resp_lens, b.resp_ids[:, :T],
+                 b.mask[:, :T], b.old_logp[:, :T], b.scores, b.group_ids, b.versions)
+
+
+def diversity(groups: list[Group]) -> tuple[float, float]:
+    """(distinct completions / n, distinct bigrams / bigrams) averaged over groups."""
+    ratios, d2 = [], []
+    for g in groups:
+        seqs = [tuple(c.tokens.tolist()) for c in g.completions]
+        ratios.append(len(set(seqs)) / len(seqs))
+        grams = [s[i:i + 2] for s in seqs for i in range(len(s) - 1)]
+        d2.append(len(set(grams)) / len(grams) if grams else 0.0)
+    return float(np.mean(ratios)), float(np.mean(d2))
+
+
+class Trainer:
+    def __init__(self, cfg: LearnerConfig, rank: int, world: int, device: torch.device, pad_id: int):
+        import deepspeed
+
+        self.cfg, self.rank, self.world, self.device, self.pad_id = cfg, rank, world, device, pad_id
+        self.objective = build_objective(cfg.algo)
+        policy = load_model(cfg.model, dtype=cfg.dtype, device=str(device))
+        self.ref = None
+        if self.objective.needs_ref:
+            self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        module = PolicyWithLogZ(policy)
+        groups = [{"params": list(policy.parameters()), "lr": cfg.lr}]
+        if self.objective.uses_log_z:
+            groups.append({"params": list(module.log_z.parameters()), "lr": cfg.algo.log_z_lr or cfg.lr})
+        else:
+            module.log_z.requires_grad_(False)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        seqs = (cfg.groups_per_step // world) * cfg.sampling.n
+        self.gas = math.ceil(seqs / cfg.micro_batch_seqs)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_seqs,
+            "gradient_accumulation_steps": self.gas,
+            "train_batch_size": cfg.micro_batch_seqs * self.gas * world,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.dtype == "bfloat16"},
+            "steps_per_print": 10 ** 9,
+        }
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        self.module: PolicyWithLogZ = self.engine.module
+
+    # ------------------------------------------------------------ step
+    @torch.no_grad()
+    def _pre_pass(self, full: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Behaviour (actor or recomputed) and reference log-probs for the whole rank batch."""
+        old, ref = full.old_logp, None
+        if self.objective.needs_ref:
+            ref = torch.zeros_like(full.old_logp)
+        recompute = self.cfg.algo.old_logp_source == "learner"
+        if recompute:
+            old = torch.zeros_like(full.old_logp)
+        for sl in self._micro(len(full.scores)):
+            mb = trim(full.select(sl)).to(self.device)
+            T = mb.mask.shape[1]
+            if ref is not None:
+                ref[sl, :T] = reference_logprobs(self.ref, mb, self.cfg.sampling.temperature).cpu()
+            if recompute:
+                old[sl, :T] = self.module(mb, self.cfg.sampling.temperature)[0].float().cpu()
+        return old, ref
+
+    def _micro(self, n: int) -> list[slice]:
+        m = self.cfg.micro_batch_seqs
+        return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+
+    def step(self, groups: list[Group]) -> dict:
+        full = collate(groups, self.pad_id)
+        old, ref = self._pre_pass(full)
+        target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref)
+        n = len(full.scores)
+        slices = self._micro(n)
+        totals: dict[str, float] = {}
+        self.engine.train()
+        for sl in slices:
+            mb = trim(full.select(sl)).to(self.device)
+            T = mb.mask.shape[1]
+            logp, log_z = self.engine(mb, self.cfg.sampling.temperature)
+            loss, stats = self.objective.loss(
+                logp.float(), old[sl, :T].to(self.device), None if ref is None else ref[sl, :T].to(self.device),
+                mb.mask, log_z, target[sl].to(self.device) if target.dim() == 1 else target[sl, :T].to(self.device))
+            weight = (sl.stop - sl.start) / n
+            # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
+            # gradient is that of the mean over all sequences, whatever the last micro size.
+            self.engine.backward(loss * weight * self.gas)
+            self.engine.step()
+            stats = dict(stats, loss=float(loss.detach()))
+            for key, v in stats.items():
+                totals[key] = totals.get(key, 0.0) + weight * float(v)
+        totals["score_mean"] = float(full.scores.mean())
+        totals["response_tokens"] = float(full.mask.sum())
+        return self._all_reduce(totals)
+
+    def _all_reduce(self, stats: dict) -> dict:
+        if self.world == 1:
+            return stats
+        keys = sorted(stats)
+        t = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        out = {k: float(v) / self.world for k, v in zip(keys, t)}
+        out["response_tokens"] *= self.world  # a sum, not a mean
+        return out
+
+    # ------------------------------------------------------------ weights out
+    def _gathered(self):
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+            return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+        return nullcontext()
+
+    def snapshot(self) -> list[tuple[str, torch.Tensor]] | None:
+        """Policy weights for the actors (rank 0; collective under ZeRO-3, so every rank calls it)."""
+        with self._gathered():
+            if self.rank != 0:
+                return None
+            return [(name, p.detach().clone()) for name, p in self.module.policy_weights()]
+
+    def save(self, path: str, tokenizer, meta: dict) -> None:
+        """HF policy directory + log Z head + meta; every rank calls it (ZeRO-3 gathers)."""
+        import json
+        from pathlib import Path
+
+        with self._gathered():
+            if self.rank != 0:
+                return
+            out = Path(path)
+            self.module.policy.save_pretrained(out / "policy")
+            tokenizer.save_pretrained(out / "policy")
+            torch.save(self.module.log_z.state_dict(), out / "log_z.pt")
+            (out / "meta.json").write_text(json.dumps(meta, indent=1))
