@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import multiprocessing as mp
 import sys
 import time
@@ -32,29 +31,6 @@ def parse_args(argv=None) -> ActorConfig:
             overrides[f.name] = raw if f.type == "str" else parse_override(f"x={raw}")[1]
     overrides.update({".".join(k): v for k, v in map(parse_override, a.set)})
     return load(ActorConfig, a.config, overrides)
-
-
-def _child(cfg: ActorConfig, index: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s actor{index} %(levelname)s %(message)s")
-    import torch
-
-    from actors.actor import Actor, LearnerGone, Shutdown
-    from common.models import ModelLoadError
-
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    actor = None
-    try:
-        actor = Actor(cfg, index)
-        actor.run()
-    except Shutdown:
-        print(f"actor {index}: learner finished; exiting at policy version {actor.version}", flush=True)
-    except (LearnerGone, ModelLoadError) as e:
-        print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        if actor is not None:
-            actor.close()
 
 
 def _preflight(cfg: ActorConfig) -> None:
@@ -89,7 +65,9 @@ def main(argv=None) -> int:
         print(f"actors: error: {e}", file=sys.stderr)
         return 2
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/zmq state
-    procs = [ctx.Process(target=_child, args=(cfg, i), name=f"actor{i}") for i in range(cfg.n)]
+    from actors.actor import run_process
+
+    procs = [ctx.Process(target=run_process, args=(cfg, i), name=f"actor{i}") for i in range(cfg.n)]
     for p in procs:
         p.start()
     try:

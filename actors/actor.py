@@ -7,6 +7,7 @@ Started by ``python -m actors`` (actors/__main__.py), one process per actor.
 from __future__ import annotations
 
 import logging
+import sys
 import os
 import socket
 import time
@@ -188,3 +189,26 @@ class Actor:
         self.scorer.close()
         self.server.close()
         self.ctx.destroy(linger=0)
+
+
+def run_process(cfg: ActorConfig, index: int) -> None:
+    """Entry of one spawned actor process; exits 0 on shutdown, 2 with one line on a known failure."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s actor{index} %(levelname)s %(message)s")
+    import torch
+
+    from common.models import ModelLoadError
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    actor = None
+    try:
+        actor = Actor(cfg, index)
+        actor.run()
+    except Shutdown:
+        print(f"actor {index}: learner finished; exiting at policy version {actor.version}", flush=True)
+    except (LearnerGone, ModelLoadError) as e:
+        print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        if actor is not None:
+            actor.close()

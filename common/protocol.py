@@ -308,7 +308,7 @@ def decode(frames: list, limits: Limits = DEFAULT_LIMITS):
     if views[0].nbytes > limits.max_header_bytes:
         raise ProtocolError("too_large", "header bytes over limit")
     try:
-        h = msgpack.unpackb(views[0], raw=False, strict_map_key=True, max_buffer_size=limits.max_header_bytes)
+        h = msgpack.unpackb(views[0], raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise ProtocolError("bad_header", f"not msgpack: {e}") from None
     if not isinstance(h, dict):

@@ -37,7 +37,7 @@ class Broadcaster(threading.Thread):
         self._cond = threading.Condition()
         self._pending: tuple[int, list] | None = None
         self._busy = False
-        self._stop = False
+        self._stopping = False
         self.error: BaseException | None = None
         self.last_seconds = 0.0
 
@@ -56,7 +56,7 @@ class Broadcaster(threading.Thread):
                 log.info("weight group formed (%s, %d members)", self.spec.backend, self.spec.world_size)
             while True:
                 with self._cond:
-                    while self._pending is None and not self._stop:
+                    while self._pending is None and not self._stopping:
                         self._cond.wait()
                     if self._pending is None:
                         break
@@ -99,7 +99,7 @@ class Broadcaster(threading.Thread):
     def finish(self, timeout_s: float) -> None:
         """Send what is pending, announce shutdown, stop."""
         with self._cond:
-            self._stop = True
+            self._stopping = True
             self._cond.notify_all()
         self.join(timeout=timeout_s)
         self.check()

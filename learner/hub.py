@@ -59,13 +59,13 @@ class Hub(threading.Thread):
         self.slots: dict[str, int] = {}  # actor id -> rank in the weight group
         self.last_seen: dict[str, float] = {}
         self._logged: dict[tuple[bytes, str], float] = {}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------ thread
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if self.sock.poll(100):
                     frames = transport.recv_frames(self.sock)
                     self._handle(frames[0].bytes, frames[1:])
@@ -77,11 +77,11 @@ class Hub(threading.Thread):
     def check(self) -> None:
         if self.error is not None:
             raise RuntimeError(f"hub thread crashed: {self.error!r}") from self.error
-        if not self.is_alive() and not self._stop.is_set():
+        if not self.is_alive() and not self._stopping.is_set():
             raise RuntimeError("hub thread exited")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=5)
         self.ctx.destroy(linger=0)
 
