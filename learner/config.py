@@ -125,6 +125,8 @@ class LearnerConfig:
     """Step log (steps.jsonl) and checkpoints go here."""
     checkpoint_every: int = 0
     """Save a checkpoint every this many steps; 0: only at the end."""
+    linger_s: float = 0.0
+    """Keep /metrics up this long after the run so a scraper sees the final values."""
     seed: int = 0
     """Torch and data-order seed."""
     torch_threads: int = 0
@@ -152,4 +154,5 @@ class LearnerConfig:
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0-3")
         require(self.actors >= 0, "actors", "must be >= 0")
         require(0 <= self.metrics_port < 65536 and 0 <= self.weight_port < 65536, "metrics_port", "must be a port")
+        require(self.linger_s >= 0, "linger_s", "must be >= 0")
         require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")

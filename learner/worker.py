@@ -118,6 +118,7 @@ class Rank0:
         self.state.stopping = True
         time.sleep(1.0)  # let actors polling the hub hear "shutdown"
         self.hub.stop()
+        time.sleep(self.cfg.linger_s)
         self.server.close()
         self.step_log.close()
 

@@ -1,0 +1,61 @@
+"""A real learner process and two real actor processes (tiny random model built
+here, real ZeroMQ, real gloo weight broadcast) run 3 FlowRL steps. A malformed
+message sent to the hub is dropped and counted while training goes on."""
+import json
+
+import zmq
+
+from tests.integration.helpers import consecutive_free_ports, free_ports, metrics, start, wait_for
+
+
+def test_learner_and_two_actors_train_three_steps(tmp_path):
+    from common.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny", seed=1)
+    router, pub, weights, lmetrics = free_ports(4)
+    ametrics = consecutive_free_ports(2)
+    llog, alog = tmp_path / "learner.log", tmp_path / "actors.log"
+    learner = start(["learner", "--gpus", "0", "--model", model, "--max-steps", "3", "--actors", "2",
+                     "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
+                     "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
+                     "--set", "groups_per_step=2", "--set", "sampling.max_tokens=8", "--set", "micro_batch_seqs=4",
+                     "--set", "linger_s=20", "--set", "lr=1e-3"], llog)
+    actors = None
+    try:
+        wait_for(lambda: metrics(lmetrics), 120, "learner /metrics", [learner], [llog])
+        ctx = zmq.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.connect(f"tcp://127.0.0.1:{router}")
+        rogue.send_multipart([b"\x93not a header"])
+        rogue.send_multipart([b"\x82\xa1v\x63\xa4type\xa5hello"])  # schema version 99
+        ctx.destroy(linger=1000)
+        wait_for(lambda: (metrics(lmetrics) or {}).get('flowrl_hub_rejected_messages_total{reason="bad_version"}'),
+                 30, "rejection counted", [learner], [llog])
+
+        actors = start(["actors", "--n", "2", "--model", model, "--learner", f"tcp://127.0.0.1:{router}",
+                        "--metrics-port", str(ametrics), "--prompts-per-batch", "2"], alog)
+        # the actors export their own metrics while they run
+        seen = wait_for(lambda: metrics(ametrics), 120, "actor /metrics", [learner, actors], [llog, alog])
+        assert "flowrl_actor_policy_version" in seen
+        final = wait_for(lambda: (m := metrics(lmetrics)) and m.get("flowrl_learner_steps_total") == 3 and
+                         m.get("flowrl_weightsync_broadcasts_total{role=\"learner\"}") == 3 and m,
+                         240, "3 steps and 3 broadcasts", [learner, actors], [llog, alog])
+        assert actors.wait(timeout=60) == 0
+        assert learner.wait(timeout=60) == 0
+    finally:
+        for p in (learner, actors):
+            if p is not None and p.poll() is None:
+                p.kill()
+
+    assert final["flowrl_learner_policy_version"] == 3
+    assert final['flowrl_hub_rejected_messages_total{reason="bad_header"}'] == 1
+    assert final['flowrl_hub_rejected_messages_total{reason="bad_version"}'] == 1
+    assert final["flowrl_hub_groups_received_total"] >= 6
+    assert final["flowrl_learner_samples_total"] == 3 * 2 * 4
+    assert final["flowrl_weightsync_bytes_total{role=\"learner\"}"] > 0
+    held = [int(line.rsplit(" ", 1)[1]) for line in alog.read_text().splitlines() if "exiting at policy version" in line]
+    assert len(held) == 2 and all(v >= 2 for v in held), alog.read_text()[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["loss"] > 0 and 0 <= r["distinct_ratio"] <= 1 for r in rows)
+    assert (tmp_path / "run" / "checkpoint-final" / "log_z.pt").is_file()

@@ -1,0 +1,99 @@
+"""Replay buffer: bounded, honours staleness, re-queues expired leases and stale groups."""
+import numpy as np
+
+from common.protocol import Completion
+from learner.buffer import Group, ReplayBuffer
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _group(pid, version, n=2):
+    comps = [Completion(np.array([1], np.int32), np.array([-0.5], np.float32), "stop", 1.0, version)
+             for _ in range(n)]
+    return Group(pid, np.array([pid], np.int32), comps, "a")
+
+
+def _buffer(clock=None, **kw):
+    args = dict(capacity=100, groups_per_step=2, max_staleness=1, lease_timeout_s=10.0, clock=clock or Clock())
+    args.update(kw)
+    return ReplayBuffer(20, **args)
+
+
+def test_leasing_is_bounded_by_capacity_and_staleness():
+    b = _buffer(capacity=5, max_staleness=3)  # staleness allows 8, capacity 5
+    _, ids = b.lease("a", 100, 0)
+    assert len(ids) == 5
+    assert b.lease("a", 1, 0) == (0, [])
+    b2 = _buffer(capacity=100, max_staleness=1)  # (1 + 1) * 2 = 4 groups trainable in time
+    assert len(b2.lease("a", 100, 0)[1]) == 4
+
+
+def test_completed_groups_count_against_the_bound_until_taken():
+    b = _buffer(capacity=3, max_staleness=5)
+    lid, ids = b.lease("a", 3, 0)
+    for pid in ids:
+        assert b.complete(lid, _group(pid, 0)) == ""
+    assert b.lease("a", 1, 0)[1] == []
+    assert len(b.take(2, 0)) == 2
+    assert len(b.lease("a", 5, 0)[1]) == 2
+
+
+def test_complete_refuses_unknown_or_unleased():
+    b = _buffer()
+    lid, ids = b.lease("a", 2, 0)
+    assert b.complete(999, _group(ids[0], 0)) == "unknown_lease"
+    other = next(i for i in range(20) if i not in ids)
+    assert b.complete(lid, _group(other, 0)) == "not_leased"
+    assert b.complete(lid, _group(ids[0], 0)) == ""
+    assert b.complete(lid, _group(ids[0], 0)) == "not_leased"  # no duplicates
+
+
+def test_expired_lease_requeues_prompts_first():
+    clock = Clock()
+    b = _buffer(clock)
+    lid, ids = b.lease("dead", 2, 0)
+    clock.t = 11.0
+    lid2, ids2 = b.lease("alive", 2, 0)
+    assert ids2 == ids  # the dead actor's prompts come back before new ones
+    assert b.stats.expired == 2
+    assert b.complete(lid, _group(ids[0], 0)) == "unknown_lease"  # the late result is refused
+    assert b.complete(lid2, _group(ids[0], 0)) == ""
+
+
+def test_take_drops_stale_groups_and_requeues_their_prompts():
+    b = _buffer(max_staleness=1, capacity=100)
+    lid, ids = b.lease("a", 4, 0)
+    b.complete(lid, _group(ids[0], 0))
+    b.complete(lid, _group(ids[1], 2))
+    b.complete(lid, _group(ids[2], 2))
+    got = b.take(2, version=2)
+    assert [g.prompt_id for g in got] == [ids[1], ids[2]]
+    assert b.stats.dropped_stale == 1
+    assert b.pending[0] == ids[0]
+
+
+def test_take_times_out_when_empty():
+    b = _buffer()
+    assert b.take(1, 0, timeout_s=0.05) is None
+
+
+def test_one_epoch_trains_each_prompt_once_despite_failures():
+    clock = Clock()
+    b = ReplayBuffer(6, capacity=100, groups_per_step=1, max_staleness=100, lease_timeout_s=5.0, epochs=1,
+                     clock=clock)
+    trained = []
+    lid, ids = b.lease("dies", 2, 0)
+    clock.t = 6.0  # that actor died
+    while not b.exhausted():
+        lid, ids = b.lease("ok", 3, 0)
+        for pid in ids:
+            b.complete(lid, _group(pid, 0))
+        while (g := b.take(1, 0, timeout_s=0)) is not None:
+            trained += [x.prompt_id for x in g]
+    assert sorted(trained) == list(range(6))

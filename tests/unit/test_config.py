@@ -1,0 +1,53 @@
+"""Bad config is refused at start with a message naming the field."""
+import pytest
+
+from actors.config import ActorConfig
+from common.config import ConfigError, load
+from learner.config import LearnerConfig
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"algo.beta": 0.0}, "algo.beta"),
+    ({"algo.beta": -1.0}, "algo.beta"),
+    ({"algo.is_clip_low": 1.5, "algo.is_clip_high": 1.2}, "algo.is_clip_low"),
+    ({"algo.algorithm": "ppo2"}, "algo.algorithm"),
+    ({"algo.old_logp_source": "oracle"}, "algo.old_logp_source"),
+    ({"sampling.n": 1}, "sampling.n"),
+    ({"sampling.top_p": 0.0}, "sampling.top_p"),
+    ({"zero_stage": 4}, "zero_stage"),
+    ({"lr": "fast"}, "lr"),
+    ({"algo.bogus": 1}, "algo.bogus"),
+    ({"max_steps": 0, "epochs": 0}, "max_steps"),
+])
+def test_learner_config_refused(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load(LearnerConfig, None, overrides)
+
+
+def test_groups_must_split_over_ranks():
+    cfg = load(LearnerConfig, None, {"groups_per_step": 3})
+    with pytest.raises(ConfigError, match="groups_per_step"):
+        cfg.validate(world_size=2)
+
+
+def test_toml_file_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('lr = 3e-6\n[algo]\nbeta = 10\nis_clip_high = inf\n[sampling]\nn = 8\n')
+    cfg = load(LearnerConfig, str(p), {"sampling.max_tokens": 16})
+    assert (cfg.lr, cfg.algo.beta, cfg.sampling.n, cfg.sampling.max_tokens) == (3e-6, 10.0, 8, 16)
+    assert cfg.algo.is_clip == (0.8, None)
+    assert load(LearnerConfig, None, {"algo.importance_weighting": False}).algo.is_clip is None
+
+
+def test_missing_file_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(LearnerConfig, str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"engine": "tgi"}, "engine"), ({"n": 0}, "n"), ({"learner": "localhost:5555"}, "learner"),
+    ({"reward_endpoint": "http://x"}, "reward_endpoint"),
+])
+def test_actor_config_refused(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load(ActorConfig, None, overrides)
