@@ -327,3 +327,81 @@ def decode(frames: list, limits: Limits = DEFAULT_LIMITS):
         raise ProtocolError("bad_frame", f"{kind} carries no arrays")
     cls, spec = _SIMPLE[kind]
     return cls(**{k: _get(h, k, t, limits) for k, t in spec.items()})
+
+
+# ============================================================================
+# Reward sandbox service (reward_sandbox/service.py, reward_sandbox/client.py)
+# ----------------------------------------------------------------------------
+# A scoring request from an actor to a sandbox pod and its reply. Plain header
+# messages (no array frames), registered in _SIMPLE below; item-level checks
+# run in __post_init__, so decode() refuses a bad one with ProtocolError.
+# ============================================================================
+SCORE_KINDS = ("math", "code", "choice", "exec")
+"""math: references are answers; code: references are JSON tests; choice: JSON
+lists of accepted integers; exec: run each completion as a program with
+references[i] as its stdin."""
+SCORE_STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed", "refused")
+MAX_SCORE_TIMEOUT_S = 600.0
+
+
+def _str_list(name: str, items: list, limits: Limits) -> None:
+    if len(items) > limits.max_seqs_per_message:
+        raise ProtocolError("too_large", f"{name} has {len(items)} items")
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise ProtocolError("bad_field", f"{name}[{i}] is {type(x).__name__}")
+        if len(x) > limits.max_text_chars:
+            raise ProtocolError("too_large", f"{name}[{i}] has {len(x)} chars")
+
+
+@dataclass
+class ScoreRequest:
+    TYPE: ClassVar[str] = "score_request"
+    request_id: str
+    kind: str
+    completions: list
+    references: list
+    timeout_s: float
+    memory_mb: int
+
+    def __post_init__(self):
+        if self.kind not in SCORE_KINDS:
+            raise ProtocolError("bad_field", f"score_request.kind {self.kind!r}, expected one of {SCORE_KINDS}")
+        if len(self.completions) != len(self.references):
+            raise ProtocolError("bad_field", f"score_request has {len(self.completions)} completions "
+                                             f"and {len(self.references)} references")
+        _str_list("score_request.completions", self.completions, DEFAULT_LIMITS)
+        _str_list("score_request.references", self.references, DEFAULT_LIMITS)
+        t = float(self.timeout_s)
+        if not (np.isfinite(t) and 0 < t <= MAX_SCORE_TIMEOUT_S):
+            raise ProtocolError("bad_field", f"score_request.timeout_s {self.timeout_s!r} not in (0, {MAX_SCORE_TIMEOUT_S}]")
+        if not 32 <= self.memory_mb <= 65536:
+            raise ProtocolError("bad_field", f"score_request.memory_mb {self.memory_mb!r} not in [32, 65536]")
+
+
+@dataclass
+class ScoreReply:
+    TYPE: ClassVar[str] = "score_reply"
+    request_id: str
+    scores: list
+    statuses: list
+    """Per item, one of SCORE_STATUSES."""
+    error: str = ""
+    """Non-empty when the whole request was refused (then scores and statuses are empty)."""
+
+    def __post_init__(self):
+        if len(self.scores) != len(self.statuses):
+            raise ProtocolError("bad_field", f"score_reply has {len(self.scores)} scores and {len(self.statuses)} statuses")
+        if len(self.scores) > DEFAULT_LIMITS.max_seqs_per_message:
+            raise ProtocolError("too_large", f"score_reply has {len(self.scores)} items")
+        for i, s in enumerate(self.scores):
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
+                raise ProtocolError("bad_field", f"score_reply.scores[{i}] = {s!r} not in [0, 1]")
+        for i, s in enumerate(self.statuses):
+            if s not in SCORE_STATUSES:
+                raise ProtocolError("bad_field", f"score_reply.statuses[{i}]: unknown status {s!r}")
+
+
+_SIMPLE["score_request"] = (ScoreRequest, {"request_id": (str,), "kind": (str,), "completions": (list,),
+                                           "references": (list,), "timeout_s": (int, float), "memory_mb": (int,)})
+_SIMPLE["score_reply"] = (ScoreReply, {"request_id": (str,), "scores": (list,), "statuses": (list,), "error": (str,)})
