@@ -39,11 +39,11 @@ def _preflight(cfg: ActorConfig) -> None:
     import zmq
 
     from common import transport
-    from common.models import EMBEDDED, _source
+    from common.models import EMBEDDED, model_source
     from common.protocol import Error, Heartbeat
 
     if cfg.engine == "hf" or cfg.model != EMBEDDED:
-        _source(cfg.model)  # raises ModelLoadError with a readable line
+        model_source(cfg.model)  # raises ModelLoadError with a readable line
     ctx = zmq.Context()
     sock = transport.dealer(ctx, cfg.learner, f"probe-{os.getpid()}")
     transport.send(sock, Heartbeat(actor_id="probe", policy_version=0, weight_seq=0))

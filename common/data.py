@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-ANSWER_FORMAT = " Give the final answer as \\boxed{number}."
+ANSWER_FORMAT = " Put the final answer in \\boxed{}."
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,54 @@ def load_tasks(name: str, *, n: int, seed: int) -> list[TaskItem]:
                 raise ValueError(f"{path}:{i + 1}: needs string fields 'prompt' and 'answer'")
             items.append(TaskItem(rec["prompt"], rec["answer"], rec.get("kind", "math")))
     return items
+
+
+# --------------------------------------------------------------------------- many_answers
+# Questions with many equally correct integer answers (kind "choice", scored by
+# reward_sandbox/choice.py against a JSON list of the accepted integers). A
+# reward-maximiser may collapse onto one answer per question; a distribution
+# matcher should keep several: this is the task the mode-coverage bench uses.
+
+def _primes_between(rng: random.Random) -> tuple[str, list[int]]:
+    lo = rng.randint(10, 50)
+    hi = min(100, lo + rng.randint(30, 50))
+    primes = [p for p in range(lo, hi + 1) if p > 1 and all(p % d for d in range(2, int(p ** 0.5) + 1))]
+    return f"Name a prime number between {lo} and {hi} (inclusive).", primes
+
+
+def _multiple_of(rng: random.Random) -> tuple[str, list[int]]:
+    k, hi = rng.randint(3, 9), rng.choice([50, 60, 80, 100])
+    return f"Name a multiple of {k} between 1 and {hi} (inclusive).", list(range(k, hi + 1, k))
+
+
+def _digit_sum(rng: random.Random) -> tuple[str, list[int]]:
+    s = rng.randint(5, 14)
+    return (f"Name a two-digit number whose digits sum to {s}.",
+            [v for v in range(10, 100) if v // 10 + v % 10 == s])
+
+
+def _perfect_square(rng: random.Random) -> tuple[str, list[int]]:
+    hi = rng.randint(50, 200)
+    return f"Give a perfect square between 1 and {hi} (inclusive).", [i * i for i in range(1, 15) if i * i <= hi]
+
+
+def _even_between(rng: random.Random) -> tuple[str, list[int]]:
+    lo = rng.randint(10, 60)
+    hi = lo + rng.randint(20, 40)
+    return f"Name an even number between {lo} and {hi} (inclusive).", [v for v in range(lo, hi + 1) if v % 2 == 0]
+
+
+_MANY_ANSWER_FAMILIES = (_primes_between, _multiple_of, _digit_sum, _perfect_square, _even_between)
+
+
+def many_answers(n: int, seed: int) -> list[TaskItem]:
+    """``n`` questions cycling through the families (so any n >= 5 has each), parameters from ``seed``."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        question, accepted = _MANY_ANSWER_FAMILIES[i % len(_MANY_ANSWER_FAMILIES)](rng)
+        items.append(TaskItem(question + ANSWER_FORMAT, json.dumps(accepted), "choice"))
+    return items
+
+
+BUILTIN["many_answers"] = many_answers

@@ -34,7 +34,7 @@ def embedded_gguf() -> tuple[str, str]:
     return str(directory), ggufs[0].name
 
 
-def _source(model: str) -> tuple[str, dict]:
+def model_source(model: str) -> tuple[str, dict]:
     if model == EMBEDDED:
         directory, gguf = embedded_gguf()
         return directory, {"gguf_file": gguf}
@@ -47,7 +47,7 @@ def _source(model: str) -> tuple[str, dict]:
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    path, kw = _source(model)
+    path, kw = model_source(model)
     tok = AutoTokenizer.from_pretrained(path, **kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -58,8 +58,14 @@ def load_model(model: str, *, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path, kw = _source(model)
+    path, kw = model_source(model)
     m = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kw)
+    if "gguf_file" in kw:
+        # The GGUF weights are dequantised at load; dropping the quantizer marker makes the
+        # model a plain float one that save_pretrained (checkpoints) accepts.
+        m.hf_quantizer = None
+        if hasattr(m.config, "quantization_config"):
+            del m.config.quantization_config
     return m.to(device)
 
 

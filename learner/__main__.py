@@ -77,11 +77,12 @@ def launch(cfg: LearnerConfig, world: int) -> int:
 
 
 def main(argv=None) -> int:
-    from common.models import ModelLoadError
+    from common.models import EMBEDDED, ModelLoadError, embedded_gguf, model_source
 
     try:
         cfg, gpus = parse_args(argv)
-    except ConfigError as e:
+        embedded_gguf() if cfg.model == EMBEDDED else model_source(cfg.model)  # fail before heavy imports
+    except (ConfigError, ModelLoadError) as e:
         print(f"learner: error: {e}", file=sys.stderr)
         return 2
     rank = int(os.environ.get("RANK", 0))
@@ -94,12 +95,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s learner{rank} %(levelname)s %(message)s")
+    import zmq
+
     from learner.worker import run
 
     try:
         run(cfg, rank, world)
     except (ModelLoadError, ConfigError) as e:
         print(f"learner: error: {e}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as e:
+        print(f"learner: error: cannot open a socket: {e} (is another learner running on these ports?)",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -11,18 +11,21 @@ from tests.integration.helpers import consecutive_free_ports, free_ports, metric
 def test_learner_and_two_actors_train_three_steps(tmp_path):
     from common.models import build_tiny_model
 
-    model = build_tiny_model(tmp_path / "tiny", seed=1)
+    run_three_steps(tmp_path, build_tiny_model(tmp_path / "tiny", seed=1), max_tokens=8, timeout_s=240)
+
+
+def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float) -> None:
     router, pub, weights, lmetrics = free_ports(4)
     ametrics = consecutive_free_ports(2)
     llog, alog = tmp_path / "learner.log", tmp_path / "actors.log"
     learner = start(["learner", "--gpus", "0", "--model", model, "--max-steps", "3", "--actors", "2",
                      "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
                      "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
-                     "--set", "groups_per_step=2", "--set", "sampling.max_tokens=8", "--set", "micro_batch_seqs=4",
+                     "--set", "groups_per_step=2", "--set", f"sampling.max_tokens={max_tokens}", "--set", "micro_batch_seqs=4",
                      "--set", "linger_s=20", "--set", "lr=1e-3"], llog)
     actors = None
     try:
-        wait_for(lambda: metrics(lmetrics), 120, "learner /metrics", [learner], [llog])
+        wait_for(lambda: metrics(lmetrics), timeout_s, "learner /metrics", [learner], [llog])
         ctx = zmq.Context()
         rogue = ctx.socket(zmq.DEALER)
         rogue.connect(f"tcp://127.0.0.1:{router}")
@@ -35,11 +38,11 @@ def test_learner_and_two_actors_train_three_steps(tmp_path):
         actors = start(["actors", "--n", "2", "--model", model, "--learner", f"tcp://127.0.0.1:{router}",
                         "--metrics-port", str(ametrics), "--prompts-per-batch", "2"], alog)
         # the actors export their own metrics while they run
-        seen = wait_for(lambda: metrics(ametrics), 120, "actor /metrics", [learner, actors], [llog, alog])
+        seen = wait_for(lambda: metrics(ametrics), timeout_s, "actor /metrics", [learner, actors], [llog, alog])
         assert "flowrl_actor_policy_version" in seen
         final = wait_for(lambda: (m := metrics(lmetrics)) and m.get("flowrl_learner_steps_total") == 3 and
                          m.get("flowrl_weightsync_broadcasts_total{role=\"learner\"}") == 3 and m,
-                         240, "3 steps and 3 broadcasts", [learner, actors], [llog, alog])
+                         timeout_s, "3 steps and 3 broadcasts", [learner, actors], [llog, alog])
         assert actors.wait(timeout=60) == 0
         assert learner.wait(timeout=60) == 0
     finally:

@@ -1,0 +1,44 @@
+"""Bad input at start: one readable line on stderr, exit code 2, no traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.helpers import REPO, free_ports
+
+
+def _run(*args, timeout=120):
+    p = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _one_line(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if "error" in x.lower()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("role", ["learner", "actors"])
+def test_wrong_model_path(role, tmp_path):
+    code, _, err = _run(role, "--model", str(tmp_path / "no-such-model"))
+    assert code == 2
+    assert "no-such-model" in _one_line(err)
+
+
+def test_unreachable_learner(tmp_path):
+    from common.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    (port,) = free_ports(1)
+    code, _, err = _run("actors", "--model", model, "--learner", f"tcp://127.0.0.1:{port}", "--connect-timeout-s", "2")
+    assert code == 2
+    assert f"cannot reach the learner at tcp://127.0.0.1:{port}" in _one_line(err)
+
+
+@pytest.mark.parametrize("flag,field", [("algo.beta=0", "algo.beta"), ("algo.is_clip_low=2", "algo.is_clip_low"),
+                                        ("algo.algorithm=dpo", "algo.algorithm"), ("sampling.n=1", "sampling.n")])
+def test_bad_learner_config(flag, field):
+    code, _, err = _run("learner", "--set", flag)
+    assert code == 2
+    assert field in _one_line(err)
