@@ -3,7 +3,7 @@ arithmetic task, on CPU, with the learner and two local actors as separate
 processes (the same commands a cluster runs). Shows a live table, serves the
 learner's /metrics, and ends by writing a PNG of score and diversity per step.
 
-    python -m learner.demo [--steps 12] [--out runs/demo]
+    python -m learner.demo [--steps 20] [--out runs/demo]
 
 It launches ``python -m learner`` and ``python -m actors`` as subprocesses and
 only reads what they publish (steps.jsonl, /metrics); it imports neither role.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m learner.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps")
     p.add_argument("--model", default="embedded", help="model directory or 'embedded'")
     p.add_argument("--out", default="runs/demo", help="run directory (steps.jsonl, logs, plot, checkpoint)")
     p.add_argument("--metrics-port", type=int, default=9100, help="learner /metrics port (actors use 9200+)")
@@ -40,7 +40,7 @@ def launch(a: argparse.Namespace, out: Path) -> tuple[subprocess.Popen, subproce
          "--actors", "2", "--bind", f"tcp://127.0.0.1:{a.port}", "--pub-bind", f"tcp://127.0.0.1:{a.port + 1}",
          "--metrics-port", str(a.metrics_port), "--run-dir", str(out),
          "--set", "groups_per_step=2", "--set", "sampling.n=4", "--set", f"sampling.max_tokens={a.max_tokens}",
-         "--set", "micro_batch_seqs=4", "--set", "lr=2e-5", "--set", "algo.log_z_lr=1e-3",
+         "--set", "micro_batch_seqs=4", "--set", "lr=1e-5", "--set", "algo.log_z_lr=1e-3",
          "--set", "max_staleness=1", "--set", "linger_s=2"],
         env=env, stdout=open(out / "learner.log", "w"), stderr=subprocess.STDOUT)
     actors = subprocess.Popen(

@@ -1,6 +1,7 @@
 """A real learner process and two real actor processes (tiny random model built
-here, real ZeroMQ, real gloo weight broadcast) run 3 FlowRL steps. A malformed
-message sent to the hub is dropped and counted while training goes on."""
+here, real ZeroMQ, real gloo weight broadcast) run 3 FlowRL steps, scoring
+through a real reward_sandbox service (the actors' --reward-endpoint). A
+malformed message sent to the hub is dropped and counted while training goes on."""
 import json
 
 import zmq
@@ -11,11 +12,12 @@ from tests.integration.helpers import consecutive_free_ports, free_ports, metric
 def test_learner_and_two_actors_train_three_steps(tmp_path):
     from common.models import build_tiny_model
 
-    run_three_steps(tmp_path, build_tiny_model(tmp_path / "tiny", seed=1), max_tokens=8, timeout_s=240)
+    run_three_steps(tmp_path, build_tiny_model(tmp_path / "tiny", seed=1), max_tokens=8, timeout_s=240,
+                    reward_service=True)
 
 
-def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float) -> None:
-    router, pub, weights, lmetrics = free_ports(4)
+def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, reward_service: bool = False) -> None:
+    router, pub, weights, lmetrics, sandbox, smetrics = free_ports(6)
     ametrics = consecutive_free_ports(2)
     llog, alog = tmp_path / "learner.log", tmp_path / "actors.log"
     learner = start(["learner", "--gpus", "0", "--model", model, "--max-steps", "3", "--actors", "2",
@@ -23,7 +25,13 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float) -> 
                      "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
                      "--set", "groups_per_step=2", "--set", f"sampling.max_tokens={max_tokens}", "--set", "micro_batch_seqs=4",
                      "--set", "linger_s=20", "--set", "lr=1e-3"], llog)
-    actors = None
+    actors = service = None
+    reward_args = []
+    if reward_service:
+        slog = tmp_path / "sandbox.log"
+        service = start(["reward_sandbox", "--bind", f"tcp://127.0.0.1:{sandbox}", "--workers", "1",
+                         "--metrics-port", str(smetrics)], slog)
+        reward_args = ["--reward-endpoint", f"tcp://127.0.0.1:{sandbox}"]
     try:
         wait_for(lambda: metrics(lmetrics), timeout_s, "learner /metrics", [learner], [llog])
         ctx = zmq.Context()
@@ -36,7 +44,7 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float) -> 
                  30, "rejection counted", [learner], [llog])
 
         actors = start(["actors", "--n", "2", "--model", model, "--learner", f"tcp://127.0.0.1:{router}",
-                        "--metrics-port", str(ametrics), "--prompts-per-batch", "2"], alog)
+                        "--metrics-port", str(ametrics), "--prompts-per-batch", "2", *reward_args], alog)
         # the actors export their own metrics while they run
         seen = wait_for(lambda: metrics(ametrics), timeout_s, "actor /metrics", [learner, actors], [llog, alog])
         assert "flowrl_actor_policy_version" in seen
@@ -45,8 +53,11 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float) -> 
                          timeout_s, "3 steps and 3 broadcasts", [learner, actors], [llog, alog])
         assert actors.wait(timeout=60) == 0
         assert learner.wait(timeout=60) == 0
+        if reward_service:  # every completion was scored by the service, none locally
+            served = metrics(smetrics)
+            assert served['flowrl_sandbox_requests_total{kind="math"}'] >= 3, served
     finally:
-        for p in (learner, actors):
+        for p in (learner, actors, service):
             if p is not None and p.poll() is None:
                 p.kill()
 

@@ -332,14 +332,6 @@ def test_promtool_rules_check_and_unit_tests():
 
 
 @promtool
-def test_promtool_kubernetes_scrape_config():
-    out = _promtool("check", "config", "prometheus.yml")
-    if "kubernetes_sd_configs not found" in out.stdout + out.stderr:
-        pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is)")
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-@promtool
 def test_promtool_parses_dashboard_queries(tmp_path):
     """Each dashboard query, Grafana variables filled in, as a recording rule."""
     subst = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": ".*"}
