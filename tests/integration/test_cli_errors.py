@@ -42,3 +42,23 @@ def test_bad_learner_config(flag, field):
     code, _, err = _run("learner", "--set", flag)
     assert code == 2
     assert field in _one_line(err)
+
+
+def test_learner_port_in_use(tmp_path):
+    import zmq
+
+    from common.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    port, metrics_port, pub = free_ports(3)
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.ROUTER)
+    squatter.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        code, _, err = _run("learner", "--model", model, "--bind", f"tcp://127.0.0.1:{port}",
+                            "--pub-bind", f"tcp://127.0.0.1:{pub}", "--metrics-port", str(metrics_port),
+                            "--run-dir", str(tmp_path / "run"), "--actors", "0")
+    finally:
+        ctx.destroy(linger=0)
+    assert code == 2
+    assert "cannot open a socket" in _one_line(err)
