@@ -205,7 +205,9 @@ def run_process(cfg: ActorConfig, index: int) -> None:
         actor = Actor(cfg, index)
         actor.run()
     except Shutdown:
-        print(f"actor {index}: learner finished; exiting at policy version {actor.version}", flush=True)
+        # one write, so that lines of actors sharing a log file never interleave
+        sys.stdout.write(f"actor {index}: learner finished; exiting at policy version {actor.version}\n")
+        sys.stdout.flush()
     except (LearnerGone, ModelLoadError) as e:
         print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -3,6 +3,7 @@ here, real ZeroMQ, real gloo weight broadcast) run 3 FlowRL steps, scoring
 through a real reward_sandbox service (the actors' --reward-endpoint). A
 malformed message sent to the hub is dropped and counted while training goes on."""
 import json
+import re
 
 import zmq
 
@@ -67,7 +68,7 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, rew
     assert final["flowrl_hub_groups_received_total"] >= 6
     assert final["flowrl_learner_samples_total"] == 3 * 2 * 4
     assert final["flowrl_weightsync_bytes_total{role=\"learner\"}"] > 0
-    held = [int(line.rsplit(" ", 1)[1]) for line in alog.read_text().splitlines() if "exiting at policy version" in line]
+    held = [int(v) for v in re.findall(r"exiting at policy version (\d+)", alog.read_text())]
     assert len(held) == 2 and all(v >= 2 for v in held), alog.read_text()[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
