@@ -120,7 +120,7 @@ class LearnerConfig:
     broadcast_timeout_s: float = 600.0
     """A broadcast (or the group's formation) that takes longer fails the run."""
     metrics_port: int = 9100
-    """Rank 0 serves /metrics and /health here (rank r on metrics_port + r); 0 picks a free port."""
+    """Rank 0 serves /metrics and /health here (other ranks all-reduce their step statistics into it); 0 picks a free port."""
     run_dir: str = "runs/flowrl"
     """Step log (steps.jsonl) and checkpoints go here."""
     checkpoint_every: int = 0

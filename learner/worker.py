@@ -153,7 +153,8 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
     step, graceful = 0, False
     try:
         while cfg.max_steps == 0 or step < cfg.max_steps:
-            groups = _share(r0.next_groups() if r0 else None, rank, world)
+            every = r0.next_groups() if r0 else None  # the step's groups, all ranks' shares
+            groups = _share(every, rank, world)
             if groups is None:
                 break
             t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
             if r0:
                 r0.state.policy_version = step
                 r0.broadcaster.submit(step, snapshot)
-                r0.record(step, groups, stats, time.perf_counter() - t0)
+                r0.record(step, every, stats, time.perf_counter() - t0)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 trainer.save(f"{cfg.run_dir}/checkpoint-{step}", tokenizer, {"step": step, "model": cfg.model})
         trainer.save(f"{cfg.run_dir}/checkpoint-final", tokenizer, {"step": step, "model": cfg.model})

@@ -17,11 +17,19 @@ def test_learner_and_two_actors_train_three_steps(tmp_path):
                     reward_service=True)
 
 
-def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, reward_service: bool = False) -> None:
+def test_two_learner_ranks_over_gloo(tmp_path):
+    """``--gpus 2`` without CUDA: two DeepSpeed CPU ranks, groups split between them."""
+    from common.models import build_tiny_model
+
+    run_three_steps(tmp_path, build_tiny_model(tmp_path / "tiny", seed=1), max_tokens=8, timeout_s=240, gpus=2)
+
+
+def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, reward_service: bool = False,
+                    gpus: int = 0) -> None:
     router, pub, weights, lmetrics, sandbox, smetrics = free_ports(6)
     ametrics = consecutive_free_ports(2)
     llog, alog = tmp_path / "learner.log", tmp_path / "actors.log"
-    learner = start(["learner", "--gpus", "0", "--model", model, "--max-steps", "3", "--actors", "2",
+    learner = start(["learner", "--gpus", str(gpus), "--model", model, "--max-steps", "3", "--actors", "2",
                      "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
                      "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
                      "--set", "groups_per_step=2", "--set", f"sampling.max_tokens={max_tokens}", "--set", "micro_batch_seqs=4",
@@ -49,10 +57,11 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, rew
         # the actors export their own metrics while they run
         seen = wait_for(lambda: metrics(ametrics), timeout_s, "actor /metrics", [learner, actors], [llog, alog])
         assert "flowrl_actor_policy_version" in seen
-        final = wait_for(lambda: (m := metrics(lmetrics)) and m.get("flowrl_learner_steps_total") == 3 and
-                         m.get("flowrl_weightsync_broadcasts_total{role=\"learner\"}") == 3 and m,
-                         timeout_s, "3 steps and 3 broadcasts", [learner, actors], [llog, alog])
-        assert actors.wait(timeout=60) == 0
+        wait_for(lambda: (metrics(lmetrics) or {}).get("flowrl_learner_steps_total") == 3, timeout_s, "3 steps",
+                 [learner, actors], [llog, alog])
+        # actors exit once the learner has sent its last weights and said goodbye; it lingers for a scrape
+        assert actors.wait(timeout=120) == 0
+        final = metrics(lmetrics)
         assert learner.wait(timeout=60) == 0
         if reward_service:  # every completion was scored by the service, none locally
             served = metrics(smetrics)
@@ -67,9 +76,12 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, rew
     assert final['flowrl_hub_rejected_messages_total{reason="bad_version"}'] == 1
     assert final["flowrl_hub_groups_received_total"] >= 6
     assert final["flowrl_learner_samples_total"] == 3 * 2 * 4
-    assert final["flowrl_weightsync_bytes_total{role=\"learner\"}"] > 0
+    # versions that pile up are merged into one broadcast, so there are 1..3 of them
+    assert 1 <= final['flowrl_weightsync_broadcasts_total{role="learner"}'] <= 3
+    assert final['flowrl_weightsync_bytes_total{role="learner"}'] > 0
     held = [int(v) for v in re.findall(r"exiting at policy version (\d+)", alog.read_text())]
-    assert len(held) == 2 and all(v >= 2 for v in held), alog.read_text()[-2000:]
+    # the issue asks for >= 2; the learner sends its final weights before saying goodbye, so exactly 3
+    assert held == [3, 3], alog.read_text()[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["loss"] > 0 and 0 <= r["distinct_ratio"] <= 1 for r in rows)
