@@ -59,6 +59,7 @@ class Hub(threading.Thread):
         self.slots: dict[str, int] = {}  # actor id -> rank in the weight group
         self.last_seen: dict[str, float] = {}
         self._logged: dict[tuple[bytes, str], float] = {}
+        self._mirrored = {"expired": 0, "dropped_stale": 0}
         self._stopping = threading.Event()
         self.error: BaseException | None = None
 
@@ -168,11 +169,8 @@ class Hub(threading.Thread):
         buffered, in_flight = self.buffer.sizes()
         self.metrics.buffer.set(buffered)
         self.metrics.leases.set(in_flight)
-        self.metrics.expired.inc(self.buffer.stats.expired - self._counted("expired"))
-        self.metrics.stale.inc(self.buffer.stats.dropped_stale - self._counted("dropped_stale"))
-
-    def _counted(self, name: str) -> int:
-        # Buffer keeps plain totals (it has no metrics); mirror their growth into the counters.
-        seen = getattr(self, "_seen_" + name, 0)
-        setattr(self, "_seen_" + name, getattr(self.buffer.stats, name))
-        return seen
+        # The buffer keeps plain totals (it has no metrics); mirror their growth into the counters.
+        for name, counter in (("expired", self.metrics.expired), ("dropped_stale", self.metrics.stale)):
+            total = getattr(self.buffer.stats, name)
+            counter.inc(total - self._mirrored[name])
+            self._mirrored[name] = total
