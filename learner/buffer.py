@@ -48,7 +48,6 @@ class Lease:
 class BufferStats:
     expired: int = 0
     dropped_stale: int = 0
-    received: int = 0
 
 
 class ReplayBuffer:
@@ -115,13 +114,8 @@ class ReplayBuffer:
             if not lease.prompt_ids:
                 del self.leases[lease_id]
             self.groups.append(group)
-            self.stats.received += 1
             self._cond.notify_all()
             return ""
-
-    def expire(self) -> int:
-        with self._cond:
-            return self._expire_locked()
 
     def _expire_locked(self) -> int:
         now = self.clock()

@@ -99,9 +99,11 @@ class Trainer:
     def _pre_pass(self, full: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Behaviour (actor or recomputed) and reference log-probs for the whole rank batch."""
         old, ref = full.old_logp, None
+        recompute = self.cfg.algo.old_logp_source == "learner"
+        if not (self.objective.needs_ref or recompute):
+            return old, ref
         if self.objective.needs_ref:
             ref = torch.zeros_like(full.old_logp)
-        recompute = self.cfg.algo.old_logp_source == "learner"
         if recompute:
             old = torch.zeros_like(full.old_logp)
         for sl in self._micro(len(full.scores)):

@@ -160,7 +160,8 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
             t0 = time.perf_counter()
             stats = trainer.step(groups)
             step += 1
-            snapshot = trainer.snapshot()
+            # 0.5 GB copied per step for the embedded model: only worth it when actors take weights
+            snapshot = trainer.snapshot() if cfg.actors else []
             if r0:
                 r0.state.policy_version = step
                 r0.broadcaster.submit(step, snapshot)

@@ -20,11 +20,15 @@ def tiny(tmp_path_factory):
     from common.models import build_tiny_model
 
     import deepspeed
+    saved = dict(os.environ)
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("MASTER_PORT", "29731")
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=2)
+    yield build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=2)
+    # RANK/WORLD_SIZE would make learner subprocesses of later tests think torchrun started them
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _groups(model_dir, n=4):
