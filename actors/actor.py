@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 from actors.config import ActorConfig
 from actors.engine import build_engine
 from common import transport
+from common.keys import ClientKeys, load_client
 from common.metrics import ActorMetrics, MetricsServer, WeightSyncMetrics
-from common.protocol import (Completion, Error, Heartbeat, Hello, Trajectories, VersionAnnounce, Welcome, Work,
-                             WorkRequest)
+from common.protocol import (Completion, Error, Heartbeat, Hello, Trajectories, VersionAnnounce, Welcome, WeightRef,
+                             Work, WorkRequest)
 from common.weight_sync import WeightGroupSpec
 
 log = logging.getLogger("actors")
@@ -35,10 +36,10 @@ class Shutdown(Exception):
     """The learner said the run is over."""
 
 
-def _make_scorer(cfg: ActorConfig):
+def _make_scorer(cfg: ActorConfig, curve: ClientKeys | None):
     if cfg.reward_endpoint:
         from reward_sandbox.client import RemoteScorer
-        return RemoteScorer(cfg.reward_endpoint, timeout_s=cfg.reply_timeout_s)
+        return RemoteScorer(cfg.reward_endpoint, timeout_s=cfg.reply_timeout_s, curve=curve)
     from reward_sandbox import LocalScorer
     return LocalScorer()
 
@@ -50,22 +51,26 @@ class Actor:
         self.registry = CollectorRegistry()
         self.metrics = ActorMetrics(self.registry)
         self.sync_metrics = WeightSyncMetrics(self.registry, "actor")
-        self.version = 0
-        self.weight_seq = 0
-        self.pending_seq = 0
-        self.pending_version = 0
+        # Each pair is one immutable value, replaced whole: the metrics thread (_health) and the
+        # tagging of work never see a seq from one broadcast with the version of another.
+        self.held = WeightRef(seq=0, version=0)
+        """The broadcast whose weights the engine holds, and its policy version (what work is tagged with)."""
+        self.pending = WeightRef(seq=0, version=0)
+        """The newest broadcast the learner announced."""
         port = cfg.metrics_port + index if cfg.metrics_port else 0
         self.server = MetricsServer(self.registry, port, self._health)
         self.ctx = zmq.Context()
-        self.sock = transport.dealer(self.ctx, cfg.learner, self.actor_id)
+        self.curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
+        self.sock = transport.dealer(self.ctx, cfg.learner, self.actor_id, curve=self.curve)
         device = f"cuda:{index}" if cfg.device == "cuda" else cfg.device
         self.engine = build_engine(cfg.engine, cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed + index)
-        self.scorer = _make_scorer(cfg)
+        self.scorer = _make_scorer(cfg, self.curve)
         self.sub = None
         self.batches = 0
 
     def _health(self) -> dict:
-        return {"role": "actor", "actor_id": self.actor_id, "policy_version": self.version, "weight_seq": self.weight_seq}
+        held = self.held  # read once (this runs on the metrics server's thread)
+        return {"role": "actor", "actor_id": self.actor_id, "policy_version": held.version, "weight_seq": held.seq}
 
     # ------------------------------------------------------------ messaging
     def _request(self, msg, timeout_s: float | None = None):
@@ -83,8 +88,8 @@ class Actor:
         return reply
 
     def _note_seq(self, seq: int, version: int) -> None:
-        if seq > self.pending_seq:
-            self.pending_seq, self.pending_version = seq, version
+        if seq > self.pending.seq:
+            self.pending = WeightRef(seq, version)
 
     def _poll_announcements(self) -> None:
         while self.sub is not None and self.sub.poll(0):
@@ -97,16 +102,15 @@ class Actor:
     def _catch_up_weights(self) -> None:
         # The learner starts broadcast k+1 only after every member finished k, so we
         # are at most one behind; the loop is for clarity, it runs at most once.
-        while self.weight_seq < self.pending_seq:
+        while self.held.seq < self.pending.seq:
             t0 = time.perf_counter()
             nbytes = self.engine.receive_weights()
             self.sync_metrics.seconds.observe(time.perf_counter() - t0)
             self.sync_metrics.bytes.inc(nbytes)
             self.sync_metrics.count.inc()
-            self.weight_seq += 1
-            self.version = self.pending_version
-            self.metrics.version.set(self.version)
-            log.info("actor %d: weights of policy version %d received (%.2fs)", self.index, self.version,
+            self.held = held = WeightRef(self.held.seq + 1, self.pending.version)
+            self.metrics.version.set(held.version)
+            log.info("actor %d: weights of policy version %d received (%.2fs)", self.index, held.version,
                      time.perf_counter() - t0)
 
     # ------------------------------------------------------------ main loop
@@ -115,10 +119,9 @@ class Actor:
         welcome = self._request(hello, self.cfg.connect_timeout_s)
         if not isinstance(welcome, Welcome):
             raise LearnerGone(f"expected welcome, got {type(welcome).__name__}")
-        self.version = self.pending_version = welcome.policy_version
-        self.weight_seq = self.pending_seq = welcome.weight_seq
-        self.metrics.version.set(self.version)
-        self.sub = transport.subscriber(self.ctx, welcome.pub_endpoint)
+        self.held = self.pending = WeightRef(welcome.weight_seq, welcome.policy_version)
+        self.metrics.version.set(welcome.policy_version)
+        self.sub = transport.subscriber(self.ctx, welcome.pub_endpoint, curve=self.curve)
         if welcome.weight_group is not None:
             self.engine.join_weight_group(WeightGroupSpec(**welcome.weight_group), welcome.manifest)
         else:
@@ -129,7 +132,7 @@ class Actor:
         while True:
             self._poll_announcements()
             self._catch_up_weights()
-            work = self._request(WorkRequest(self.actor_id, self.cfg.prompts_per_batch, self.version))
+            work = self._request(WorkRequest(self.actor_id, self.cfg.prompts_per_batch, self.held.version))
             if not isinstance(work, Work):
                 raise LearnerGone(f"expected work, got {type(work).__name__}")
             if not work.prompts:
@@ -143,11 +146,13 @@ class Actor:
         while time.monotonic() < deadline:
             if self.sub.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
                 self._poll_announcements()
-                if self.pending_seq > self.weight_seq:
+                if self.pending.seq > self.held.seq:
                     return
-        self._request(Heartbeat(self.actor_id, self.version, self.weight_seq))
+        held = self.held
+        self._request(Heartbeat(self.actor_id, held.version, held.seq))
 
     def _do(self, work: Work) -> None:
+        held = self.held  # the weights this batch is generated with: its completions carry this version
         t0 = time.perf_counter()
         groups = self.engine.generate([p.tokens for p in work.prompts], work.sampling,
                                       seed=self.cfg.seed + 1000 * self.index + self.batches)
@@ -169,7 +174,7 @@ class Actor:
         for prompt, samples in zip(work.prompts, groups):
             comps = []
             for s in samples:
-                comps.append(Completion(s.tokens, s.logprobs, s.finish_reason, scores[k], self.version))
+                comps.append(Completion(s.tokens, s.logprobs, s.finish_reason, scores[k], held.version))
                 k += 1
             traj = Trajectories(work.lease_id, self.actor_id, prompt.prompt_id, prompt.tokens, comps,
                                 {"generate": gen_s, "score": score_s})
@@ -206,7 +211,7 @@ def run_process(cfg: ActorConfig, index: int) -> None:
         actor.run()
     except Shutdown:
         # one write, so that lines of actors sharing a log file never interleave
-        sys.stdout.write(f"actor {index}: learner finished; exiting at policy version {actor.version}\n")
+        sys.stdout.write(f"actor {index}: learner finished; exiting at policy version {actor.held.version}\n")
         sys.stdout.flush()
     except (LearnerGone, ModelLoadError) as e:
         print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import keys
 from common.config import require
 
 
@@ -34,6 +35,9 @@ class ActorConfig:
     """Base seed; actor i samples from seed + 1000 * i + batch index."""
     torch_threads: int = 0
     """Intra-op threads per actor process; 0 leaves torch's default."""
+    curve_dir: str = ""
+    """Folder written by ``python -m common.keys`` (only ``client.key_secret`` and ``server.key`` are
+    read): turns CURVE on for the sockets to the learner and to the reward service. Empty: CURVE off."""
 
     def validate(self) -> None:
         require(self.learner.startswith(("tcp://", "ipc://")), "learner", f"must be a zmq endpoint, got {self.learner!r}")
@@ -45,3 +49,7 @@ class ActorConfig:
         require(self.connect_timeout_s > 0 and self.reply_timeout_s > 0, "connect_timeout_s", "timeouts must be > 0")
         require(not self.reward_endpoint or self.reward_endpoint.startswith(("tcp://", "ipc://")),
                 "reward_endpoint", "must be a zmq endpoint or empty")
+        if self.curve_dir:
+            lacking = keys.missing(self.curve_dir, keys.CLIENT_FILES)
+            require(not lacking, "curve_dir", f"{self.curve_dir} lacks {', '.join(lacking)}; "
+                                              f"create it with: python -m common.keys DIR")

@@ -9,6 +9,13 @@ A message is a ZeroMQ multipart message: frame 0 is a msgpack header
 field types, array lengths against the header, and hard size limits. Any
 malformed input raises ``ProtocolError`` (with a short ``reason`` used as a
 metric label) and nothing else.
+
+It then checks the values of a trajectory group that need no context: finish
+reasons from ``FINISH_REASONS`` (reason ``bad_finish_reason``), finite scores
+(``bad_score``), finite log-probs <= 0 (``bad_logprob``). Such a group is
+well-formed, so the ``ProtocolError`` carries it as ``message`` and the hub can
+answer it with a refusing Ack. Checks that need the run's settings (token ids
+within the vocabulary, the score bound) are the hub's (learner/hub.py).
 """
 from __future__ import annotations
 
@@ -27,10 +34,23 @@ LOGPROB_DTYPE = np.dtype("<f4")
 class ProtocolError(Exception):
     """A message that cannot be accepted. ``reason`` is a short metric label."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, message: Any = None):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.message = message
+        """The decoded message when it was well-formed but a value in it is refused; else None."""
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """A weight broadcast (``seq``: broadcasts started so far) and the policy version it
+    carries. Published and read as one immutable value, never field by field: a reader
+    that took ``seq`` and ``version`` separately could pair a new seq with an old version
+    and tag fresh work as stale (issue 10, "A version race")."""
+
+    seq: int
+    version: int
 
 
 @dataclass(frozen=True)
@@ -218,9 +238,10 @@ _SIMPLE: dict[str, tuple[type, dict[str, tuple]]] = {
     "error": (Error, {"reason": (str,), "detail": (str,)}),
 }
 FINISH_REASONS = ("stop", "length")
+"""Every finish reason an engine may report; anything else is refused (``bad_finish_reason``)."""
 
 
-def _get(h: dict, key: str, types: tuple, limits: Limits):
+def _get(h: dict, key: str, types: tuple, limits: Limits, finite: bool = True):
     if key not in h:
         raise ProtocolError("missing_field", f"{h.get('type')}.{key}")
     val = h[key]
@@ -229,7 +250,7 @@ def _get(h: dict, key: str, types: tuple, limits: Limits):
         raise ProtocolError("bad_field", f"{h.get('type')}.{key} is {type(val).__name__}")
     if isinstance(val, str) and len(val) > limits.max_text_chars:
         raise ProtocolError("too_large", f"{h.get('type')}.{key} has {len(val)} chars")
-    if isinstance(val, float) and not np.isfinite(val):
+    if finite and isinstance(val, float) and not np.isfinite(val):
         raise ProtocolError("bad_field", f"{h.get('type')}.{key} is not finite")
     return val
 
@@ -280,22 +301,35 @@ def _decode_trajectories(h: dict, arrays: list, limits: Limits) -> Trajectories:
         if not isinstance(ch, dict):
             raise ProtocolError("bad_field", "trajectories.completions item is not a map")
         n = _get(ch, "len", (int,), limits)
-        reason = _get(ch, "finish_reason", (str,), limits)
-        if reason not in FINISH_REASONS:
-            raise ProtocolError("bad_field", f"finish_reason {reason!r}")
-        logprobs = _array(arrays[2 + 2 * i], n, LOGPROB_DTYPE, limits, "logprobs")
-        if n == 0 or not np.all(np.isfinite(logprobs)) or np.any(logprobs > 0):
-            raise ProtocolError("bad_field", "completion is empty or its logprobs are not finite and <= 0")
+        if n == 0:
+            raise ProtocolError("bad_field", "empty completion")
+        # score: a number here; whether it is finite is a value check (_check_values)
+        score = _get(ch, "score", (int, float), limits, finite=False)
         completions.append(Completion(tokens=_array(arrays[1 + 2 * i], n, TOKEN_DTYPE, limits, "completion"),
-                                      logprobs=logprobs, finish_reason=reason, score=_num(ch, "score", limits),
+                                      logprobs=_array(arrays[2 + 2 * i], n, LOGPROB_DTYPE, limits, "logprobs"),
+                                      finish_reason=_get(ch, "finish_reason", (str,), limits), score=float(score),
                                       version=_get(ch, "version", (int,), limits)))
     timings = _get(h, "timings", (dict,), limits)
     if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in timings.items()):
         raise ProtocolError("bad_field", "trajectories.timings must map str to number")
     prompt = _array(arrays[0], _get(h, "prompt_len", (int,), limits), TOKEN_DTYPE, limits, "prompt")
-    return Trajectories(lease_id=_get(h, "lease_id", (int,), limits), actor_id=_get(h, "actor_id", (str,), limits),
-                        prompt_id=_get(h, "prompt_id", (int,), limits), prompt_tokens=prompt,
-                        completions=completions, timings=timings)
+    msg = Trajectories(lease_id=_get(h, "lease_id", (int,), limits), actor_id=_get(h, "actor_id", (str,), limits),
+                       prompt_id=_get(h, "prompt_id", (int,), limits), prompt_tokens=prompt,
+                       completions=completions, timings=timings)
+    _check_values(msg)
+    return msg
+
+
+def _check_values(msg: Trajectories) -> None:
+    """Refuse values that would poison training (a NaN score becomes NaN advantages, a
+    positive log-prob an importance weight above 1 for no reason), one reason per check."""
+    for i, c in enumerate(msg.completions):
+        if c.finish_reason not in FINISH_REASONS:
+            raise ProtocolError("bad_finish_reason", f"completion {i}: finish_reason {c.finish_reason!r}", msg)
+        if not np.isfinite(c.score):
+            raise ProtocolError("bad_score", f"completion {i}: score {c.score!r} is not finite", msg)
+        if not np.all(np.isfinite(c.logprobs)) or np.any(c.logprobs > 0):
+            raise ProtocolError("bad_logprob", f"completion {i}: log-probs must be finite and <= 0", msg)
 
 
 def decode(frames: list, limits: Limits = DEFAULT_LIMITS):

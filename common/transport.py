@@ -2,15 +2,29 @@
 
 The learner binds a ROUTER (actors' requests) and a PUB (version
 announcements); actors connect a DEALER and a SUB. Messages go through
-``common.protocol`` and array frames are sent without copying. CURVE
-authentication is not implemented yet (see README, "Not yet").
+``common.protocol`` and array frames are sent without copying.
+
+CURVE (optional, ``--curve-dir``): binding sockets are CURVE servers, connecting
+ones CURVE clients (keys from ``common.keys``). A server's context must run a
+ZAP handler (``start_authenticator``) *before* its sockets bind: libzmq accepts
+every CURVE client when no handler answers, so the order is what makes the
+``authorized/`` folder binding. A client whose key is not authorised fails the
+handshake and never gets a message, not even an error. The handler sets each
+message's ``User-Id`` property to the client's public key (Z85); see
+``peer_key``.
 """
 from __future__ import annotations
 
+import logging
+
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from common import protocol
+from common.keys import ClientKeys, ServerKeys
 from common.protocol import DEFAULT_LIMITS, Limits
+
+log = logging.getLogger("common.transport")
 
 
 def _base(ctx: zmq.Context, kind: int, limits: Limits) -> zmq.Socket:
@@ -21,31 +35,70 @@ def _base(ctx: zmq.Context, kind: int, limits: Limits) -> zmq.Socket:
     return s
 
 
-def router(ctx: zmq.Context, bind: str, limits: Limits = DEFAULT_LIMITS) -> zmq.Socket:
+def start_authenticator(ctx: zmq.Context, keys: ServerKeys) -> ThreadAuthenticator:
+    """ZAP handler for ``ctx`` accepting the CURVE public keys in ``keys.authorized``.
+
+    Call before binding any CURVE server socket on ``ctx``; stop it before ``ctx.destroy``."""
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("common.transport.zap"))
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keys.authorized))
+    log.info("CURVE on: accepting the client keys in %s", keys.authorized)
+    return auth
+
+
+def _curve_server(s: zmq.Socket, keys: ServerKeys | None) -> None:
+    if keys is not None:
+        s.curve_secretkey = keys.secret
+        s.curve_publickey = keys.public
+        s.curve_server = True
+
+
+def _curve_client(s: zmq.Socket, keys: ClientKeys | None) -> None:
+    if keys is not None:
+        s.curve_secretkey = keys.secret
+        s.curve_publickey = keys.public
+        s.curve_serverkey = keys.server_public
+
+
+def router(ctx: zmq.Context, bind: str, limits: Limits = DEFAULT_LIMITS, curve: ServerKeys | None = None) -> zmq.Socket:
     s = _base(ctx, zmq.ROUTER, limits)
     s.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to a vanished peer are dropped, not raised
+    _curve_server(s, curve)
     s.bind(bind)
     return s
 
 
-def dealer(ctx: zmq.Context, connect: str, identity: str, limits: Limits = DEFAULT_LIMITS) -> zmq.Socket:
+def dealer(ctx: zmq.Context, connect: str, identity: str, limits: Limits = DEFAULT_LIMITS,
+           curve: ClientKeys | None = None) -> zmq.Socket:
     s = _base(ctx, zmq.DEALER, limits)
     s.setsockopt(zmq.IDENTITY, identity.encode())
+    _curve_client(s, curve)
     s.connect(connect)
     return s
 
 
-def publisher(ctx: zmq.Context, bind: str, limits: Limits = DEFAULT_LIMITS) -> zmq.Socket:
+def publisher(ctx: zmq.Context, bind: str, limits: Limits = DEFAULT_LIMITS, curve: ServerKeys | None = None) -> zmq.Socket:
     s = _base(ctx, zmq.PUB, limits)
+    _curve_server(s, curve)
     s.bind(bind)
     return s
 
 
-def subscriber(ctx: zmq.Context, connect: str, limits: Limits = DEFAULT_LIMITS) -> zmq.Socket:
+def subscriber(ctx: zmq.Context, connect: str, limits: Limits = DEFAULT_LIMITS,
+               curve: ClientKeys | None = None) -> zmq.Socket:
     s = _base(ctx, zmq.SUB, limits)
     s.setsockopt(zmq.SUBSCRIBE, b"")
+    _curve_client(s, curve)
     s.connect(connect)
     return s
+
+
+def peer_key(frame: zmq.Frame) -> str:
+    """The CURVE public key (Z85) that sent ``frame``, as the ZAP handler vouched for it.
+
+    Only for frames received with ``copy=False`` on a CURVE server socket; raises
+    zmq.ZMQError when the message carries no User-Id (CURVE off)."""
+    return frame.get("User-Id")
 
 
 def bound_endpoint(sock: zmq.Socket, host: str) -> str:

@@ -18,8 +18,9 @@ import torch
 import zmq
 
 from common import transport
+from common.keys import load_server
 from common.metrics import WeightSyncMetrics
-from common.protocol import Error, VersionAnnounce
+from common.protocol import Error, VersionAnnounce, WeightRef
 from common.weight_sync import WeightGroup, WeightGroupSpec
 from learner.hub import RunState
 
@@ -28,11 +29,14 @@ log = logging.getLogger("learner.broadcast")
 
 class Broadcaster(threading.Thread):
     def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, state: RunState,
-                 metrics: WeightSyncMetrics):
+                 metrics: WeightSyncMetrics, curve_dir: str = ""):
         super().__init__(name="broadcaster", daemon=True)
         self.spec, self.state, self.metrics = spec, state, metrics
         self.ctx = zmq.Context()
-        self.pub = transport.publisher(self.ctx, pub_bind)
+        keys = load_server(curve_dir) if curve_dir else None
+        # ZAP is per context and must answer before the first subscriber connects
+        self.auth = transport.start_authenticator(self.ctx, keys) if keys is not None else None
+        self.pub = transport.publisher(self.ctx, pub_bind, curve=keys)
         state.pub_endpoint = transport.bound_endpoint(self.pub, advertise_host)
         self._cond = threading.Condition()
         self._pending: tuple[int, list] | None = None
@@ -78,12 +82,13 @@ class Broadcaster(threading.Thread):
 
     def _broadcast(self, group: WeightGroup | None, version: int, named: list) -> None:
         if group is None:  # no actor can take weights: only announce the version
-            transport.send(self.pub, VersionAnnounce(version, self.state.weight_seq))
+            transport.send(self.pub, VersionAnnounce(version, self.state.weights.seq))
             return
-        seq = self.state.weight_seq + 1
+        seq = self.state.weights.seq + 1  # this thread is the only writer of state.weights
         transport.send(self.pub, VersionAnnounce(version, seq))
-        # Hub replies carry weight_seq too, so an actor that missed the PUB message still joins.
-        self.state.weight_version, self.state.weight_seq = version, seq
+        # Hub replies carry the pair too, so an actor that missed the PUB message still joins.
+        # One attribute store: the hub thread sees the old pair or the new one, never a mix.
+        self.state.weights = WeightRef(seq, version)
         t0 = time.perf_counter()
         nbytes = group.broadcast(named)
         self.last_seconds = time.perf_counter() - t0
@@ -105,4 +110,6 @@ class Broadcaster(threading.Thread):
         self.check()
         if self.is_alive():
             raise RuntimeError(f"weight broadcast did not finish within {timeout_s:.0f} s")
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=1000)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from common import keys
 from common.config import require
 
 ALGORITHMS = ("flowrl", "grpo", "reinforce_pp")
@@ -131,6 +132,12 @@ class LearnerConfig:
     """Torch and data-order seed."""
     torch_threads: int = 0
     """Intra-op threads per rank; 0 leaves torch's default."""
+    max_abs_score: float = 1e4
+    """The hub refuses a group with a score whose magnitude is above this (counted as "bad_score"):
+    scores are normalised in float32, where a huge one overflows to inf and then NaN."""
+    curve_dir: str = ""
+    """Folder written by ``python -m common.keys``: turns CURVE on for the ROUTER and PUB sockets,
+    which then accept only the client keys in ``curve_dir/authorized``. Empty: CURVE off."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
@@ -156,3 +163,10 @@ class LearnerConfig:
         require(0 <= self.metrics_port < 65536 and 0 <= self.weight_port < 65536, "metrics_port", "must be a port")
         require(self.linger_s >= 0, "linger_s", "must be >= 0")
         require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")
+        # 1e15: a group's sum of squared scores (for the std) stays far inside float32's range
+        require(math.isfinite(self.max_abs_score) and 0 < self.max_abs_score <= 1e15, "max_abs_score",
+                f"must be in (0, 1e15], got {self.max_abs_score}")
+        if self.curve_dir:
+            lacking = keys.missing(self.curve_dir, keys.SERVER_FILES)
+            require(not lacking, "curve_dir", f"{self.curve_dir} lacks {', '.join(lacking)}; "
+                                              f"create it with: python -m common.keys DIR")

@@ -5,7 +5,23 @@ is re-raised in the trainer by ``check()``.
 
 Malformed or inconsistent messages are dropped and counted in
 ``flowrl_hub_rejected_messages_total{reason}``, logged once per peer per
-minute; the peer and everyone else go on.
+minute; the peer and everyone else go on. A trajectory group that is
+well-formed but carries refused values (common/protocol.py ``_check_values``;
+here: token ids outside the model's vocabulary, |score| above
+``max_abs_score``) is also answered with ``Ack(accepted=False, reason)``.
+
+Identity rule (CURVE on, ``curve_dir``): the ZAP handler names the client key
+of every message (its ``User-Id``). The first message that carries a given
+``actor_id`` binds that id to the key it came with; a later message with the
+same ``actor_id`` and another key is dropped and counted as ``identity``. The
+binding lasts while the actor is heard from within ``peer_horizon_s`` (by
+default at least ``lease_timeout_s``, so it outlives every lease the actor can
+still complete); after that the id is free again. With CURVE off there is no
+key to bind to and ids are taken on trust.
+
+Per-peer state (``last_seen``, the key bindings, the once-a-minute log marks)
+is pruned by age, so a flood of identities costs memory only for as long as
+the horizon.
 """
 from __future__ import annotations
 
@@ -20,13 +36,16 @@ import zmq
 
 from common import transport
 from common.metrics import HubMetrics
+from common.keys import load_server
 from common.protocol import (Ack, Error, Heartbeat, Hello, ProtocolError, Prompt, Sampling, Trajectories,
-                             Welcome, Work, WorkRequest, decode)
+                             Welcome, WeightRef, Work, WorkRequest, decode)
 from learner.buffer import Group, ReplayBuffer
 
 log = logging.getLogger("learner.hub")
 
 ACTOR_TIMEOUT_S = 120.0  # an actor unheard of for this long no longer counts as connected
+LOG_EVERY_S = 60.0  # a (peer, reason) pair is logged at most once per this
+HOUSEKEEPING_S = 0.2  # gauges and pruning run at most this often, not per message
 
 
 @dataclass
@@ -35,30 +54,58 @@ class RunState:
 
     policy_version: int = 0
     """The learner's current version (optimizer steps taken)."""
-    weight_seq: int = 0
-    """Broadcasts started so far."""
-    weight_version: int = 0
-    """Policy version carried by broadcast ``weight_seq``: what an actor holds once caught up."""
+    weights: WeightRef = WeightRef(seq=0, version=0)
+    """Broadcasts started so far and the policy version the last one carries: what an actor
+    holds once caught up. Replaced as a whole (one attribute store); readers take it once."""
     pub_endpoint: str = ""
     stopping: bool = False
+
+
+def _touch(d: dict, key, now: float) -> None:
+    """Set ``d[key] = now`` keeping ``d`` ordered oldest first (dicts keep insertion order)."""
+    d.pop(key, None)
+    d[key] = now
+
+
+def _prune(d: dict, cutoff: float) -> list:
+    """Drop and return the keys of ``d`` last touched before ``cutoff``; O(number dropped)."""
+    gone = []
+    for key, t in d.items():
+        if t >= cutoff:
+            break
+        gone.append(key)
+    for key in gone:
+        del d[key]
+    return gone
 
 
 class Hub(threading.Thread):
     def __init__(self, *, bind: str, buffer: ReplayBuffer, prompts: list[np.ndarray], kinds: list[str],
                  references: list[str], sampling: Sampling, state: RunState, metrics: HubMetrics,
-                 weight_group: dict | None, manifest: list, group_slots: int, lease_timeout_s: float):
+                 weight_group: dict | None, manifest: list, group_slots: int, lease_timeout_s: float,
+                 vocab_size: int, max_abs_score: float = 1e4, curve_dir: str = "",
+                 peer_horizon_s: float | None = None):
         super().__init__(name="hub", daemon=True)
+        if vocab_size < 1 or not max_abs_score > 0:
+            raise ValueError(f"Hub: vocab_size {vocab_size} must be >= 1 and max_abs_score {max_abs_score} > 0")
         self.buffer, self.prompts, self.kinds, self.references = buffer, prompts, kinds, references
         self.sampling, self.state, self.metrics = sampling, state, metrics
         self.weight_group, self.manifest, self.group_slots = weight_group, manifest, group_slots
         self.lease_timeout_s = lease_timeout_s
+        self.vocab_size, self.max_abs_score = vocab_size, max_abs_score
+        self.peer_horizon_s = max(ACTOR_TIMEOUT_S, lease_timeout_s) if peer_horizon_s is None else peer_horizon_s
         self.run_id = uuid.uuid4().hex[:12]
         self.ctx = zmq.Context()
-        self.sock = transport.router(self.ctx, bind)
+        keys = load_server(curve_dir) if curve_dir else None
+        # the ZAP handler must answer before the first client connects: start it before binding
+        self.auth = transport.start_authenticator(self.ctx, keys) if keys is not None else None
+        self.sock = transport.router(self.ctx, bind, curve=keys)
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.slots: dict[str, int] = {}  # actor id -> rank in the weight group
-        self.last_seen: dict[str, float] = {}
-        self._logged: dict[tuple[bytes, str], float] = {}
+        self.last_seen: dict[str, float] = {}  # actor id -> last heard (monotonic), oldest first
+        self.key_of: dict[str, str] = {}  # actor id -> CURVE key it is bound to (CURVE on only)
+        self._logged: dict[tuple[bytes, str], float] = {}  # (peer, reason) -> last logged, oldest first
+        self._housekept = 0.0
         self._mirrored = {"expired": 0, "dropped_stale": 0}
         self._stopping = threading.Event()
         self.error: BaseException | None = None
@@ -69,8 +116,13 @@ class Hub(threading.Thread):
             while not self._stopping.is_set():
                 if self.sock.poll(100):
                     frames = transport.recv_frames(self.sock)
-                    self._handle(frames[0].bytes, frames[1:])
-                self._gauges()
+                    key = transport.peer_key(frames[0]) if self.auth is not None else None
+                    self._handle(frames[0].bytes, frames[1:], key)
+                now = time.monotonic()
+                if now - self._housekept >= HOUSEKEEPING_S:
+                    self._housekept = now
+                    self._prune(now)
+                    self._gauges()
         except BaseException as e:  # re-raised in the trainer by check(): the run must not hang
             self.error = e
             raise
@@ -84,22 +136,28 @@ class Hub(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=5)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=0)
 
     # ------------------------------------------------------------ dispatch
     def _reject(self, peer: bytes, reason: str, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()
         now = time.monotonic()
-        if now - self._logged.get((peer, reason), -1e9) > 60:
-            self._logged[(peer, reason)] = now
+        if now - self._logged.get((peer, reason), -1e9) > LOG_EVERY_S:
+            _touch(self._logged, (peer, reason), now)
             log.warning("dropped message from %r: %s: %s", peer[:40], reason, detail)
 
-    def _handle(self, peer: bytes, frames: list) -> None:
+    def _handle(self, peer: bytes, frames: list, key: str | None = None) -> None:
+        """One message from ``peer``; ``key`` is its CURVE public key (None: CURVE off)."""
+        refused: ProtocolError | None = None
         try:
             msg = decode(frames)
         except ProtocolError as e:
-            self._reject(peer, e.reason, e.detail)
-            return
+            if e.message is None:  # malformed: not even its ids can be trusted, drop it unanswered
+                self._reject(peer, e.reason, e.detail)
+                return
+            msg, refused = e.message, e  # well-formed, refused values: answered below
         if self.state.stopping:
             transport.send(self.sock, Error("shutdown", "the run is over"), peer)
             return
@@ -108,11 +166,31 @@ class Hub(threading.Thread):
         if handler is None:
             self._reject(peer, "unexpected_type", type(msg).__name__)
             return
-        if not isinstance(msg, Heartbeat) or msg.actor_id != "probe":
-            self.last_seen[msg.actor_id] = time.monotonic()
-        reply = handler(peer, msg)
+        probe = isinstance(msg, Heartbeat) and msg.actor_id == "probe"  # the launcher's reachability check
+        if not probe:
+            if not self._owns(msg.actor_id, key):
+                self._reject(peer, "identity", f"actor id {msg.actor_id!r} is bound to another key")
+                return
+            _touch(self.last_seen, msg.actor_id, time.monotonic())
+        if refused is not None:
+            self._reject(peer, refused.reason, refused.detail)
+            reply = Ack(msg.lease_id, msg.prompt_id, False, refused.reason)
+        else:
+            reply = handler(peer, msg)
         if reply is not None:
             transport.send(self.sock, reply, peer)
+
+    def _owns(self, actor_id: str, key: str | None) -> bool:
+        """Whether ``key`` may speak for ``actor_id``; binds a new id to it (see module doc)."""
+        if key is None:
+            return True
+        return self.key_of.setdefault(actor_id, key) == key
+
+    def _prune(self, now: float) -> None:
+        """Forget peers unheard of for the horizon, and log marks past their minute."""
+        for actor_id in _prune(self.last_seen, now - self.peer_horizon_s):
+            self.key_of.pop(actor_id, None)
+        _prune(self._logged, now - LOG_EVERY_S)
 
     def _hello(self, peer: bytes, msg: Hello):
         group, manifest = None, []
@@ -124,8 +202,8 @@ class Hub(threading.Thread):
                 group, manifest = dict(self.weight_group, rank=rank), self.manifest
         log.info("actor %s (%s, pid %d) joined; weight rank %s", msg.actor_id, msg.engine, msg.pid,
                  group["rank"] if group else None)
-        return Welcome(self.run_id, self.state.weight_version, self.state.weight_seq, self.state.pub_endpoint,
-                       group, manifest)
+        weights = self.state.weights  # read once: seq and version from the same broadcast
+        return Welcome(self.run_id, weights.version, weights.seq, self.state.pub_endpoint, group, manifest)
 
     def _work(self, peer: bytes, msg: WorkRequest):
         if msg.credits < 0:
@@ -133,7 +211,8 @@ class Hub(threading.Thread):
             return None
         lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, self.state.policy_version)
         prompts = [Prompt(i, self.kinds[i], self.references[i], self.prompts[i]) for i in ids]
-        return Work(lease_id, self.state.weight_version, self.state.weight_seq, self.lease_timeout_s,
+        weights = self.state.weights  # read once: seq and version from the same broadcast
+        return Work(lease_id, weights.version, weights.seq, self.lease_timeout_s,
                     self.sampling, prompts, retry_after_s=0.0 if ids else 0.2)
 
     def _trajectories(self, peer: bytes, msg: Trajectories):
@@ -154,6 +233,12 @@ class Hub(threading.Thread):
             return "prompt_mismatch"
         if len(msg.completions) != self.sampling.n:
             return "group_size"
+        # an id past the embedding is a device-side assert on every rank (groups go to all ranks)
+        if any(c.tokens.min() < 0 or c.tokens.max() >= self.vocab_size for c in msg.completions):
+            return "token_out_of_vocab"
+        # float32 overflow turns a huge score into inf, then NaN advantages
+        if any(abs(c.score) > self.max_abs_score for c in msg.completions):
+            return "bad_score"
         if any(c.version > self.state.policy_version or c.version < 0 for c in msg.completions):
             return "bad_version"
         if any(len(c.tokens) > self.sampling.max_tokens for c in msg.completions):
@@ -161,7 +246,8 @@ class Hub(threading.Thread):
         return None
 
     def _heartbeat(self, peer: bytes, msg: Heartbeat):
-        return Heartbeat("learner", self.state.weight_version, self.state.weight_seq)
+        weights = self.state.weights  # read once: seq and version from the same broadcast
+        return Heartbeat("learner", weights.version, weights.seq)
 
     def _gauges(self) -> None:
         now = time.monotonic()

@@ -52,13 +52,17 @@ class Rank0:
                                    cfg.broadcast_timeout_s)
         weights = trainer.module.policy_weights()
         self.broadcaster = Broadcaster(pub_bind=cfg.pub_bind, advertise_host=cfg.advertise_host, spec=spec,
-                                       state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"))
+                                       state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"),
+                                       curve_dir=cfg.curve_dir)
         s = cfg.sampling
         self.hub = Hub(bind=cfg.bind, buffer=self.buffer, prompts=prompts, kinds=[t.kind for t in tasks],
                        references=[t.reference for t in tasks], sampling=Sampling(s.n, s.temperature, s.top_p, s.max_tokens),
                        state=self.state, metrics=HubMetrics(self.registry),
                        weight_group=None if spec is None else spec.as_dict(), manifest=make_manifest(weights),
-                       group_slots=cfg.actors, lease_timeout_s=cfg.lease_timeout_s)
+                       group_slots=cfg.actors, lease_timeout_s=cfg.lease_timeout_s,
+                       # embedding rows, not len(tokenizer): the bound an id must respect on the GPU
+                       vocab_size=trainer.module.policy.get_input_embeddings().num_embeddings,
+                       max_abs_score=cfg.max_abs_score, curve_dir=cfg.curve_dir)
         self.server = MetricsServer(self.registry, cfg.metrics_port, self._health)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         self.step_log = open(Path(cfg.run_dir) / "steps.jsonl", "w")
@@ -67,7 +71,7 @@ class Rank0:
         log.info("learner hub on %s, metrics on :%d, %d prompts", cfg.bind, self.server.port, len(tasks))
 
     def _health(self) -> dict:
-        return {"role": "learner", "policy_version": self.state.policy_version, "weight_seq": self.state.weight_seq}
+        return {"role": "learner", "policy_version": self.state.policy_version, "weight_seq": self.state.weights.seq}
 
     def next_groups(self):
         """The next step's groups, or None when the epochs are exhausted."""

@@ -22,11 +22,12 @@ def main(argv=None) -> None:
     p.add_argument("--max-inflight", type=int, default=64)
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--tier", default="auto", choices=["auto", "bwrap", "landlock", "rlimit"])
+    p.add_argument("--curve-dir", default="", help="key folder from python -m common.keys: turns CURVE on")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = ServiceConfig(bind=a.bind, workers=a.workers, math_workers=a.math_workers, max_inflight=a.max_inflight,
-                        metrics_port=a.metrics_port, tier=a.tier)
+                        metrics_port=a.metrics_port, tier=a.tier, curve_dir=a.curve_dir)
     svc = SandboxService(cfg)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())

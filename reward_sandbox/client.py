@@ -9,6 +9,9 @@ than the protocol's per-message limit are split. A reply that does not come
 within timeout_s raises TimeoutError; a refused request raises
 RemoteScoringError with the service's message. Thread-safe (one request at a
 time per scorer).
+
+With ``curve=common.keys.load_client(DIR)`` the socket is a CURVE client; a
+service that does not accept the key never answers (the request times out).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import uuid
 import zmq
 
 from common import protocol, transport
+from common.keys import ClientKeys
 
 ITEM_TIMEOUT_S = {"math": 3.0, "code": 5.0, "choice": 1.0, "exec": 5.0}
 
@@ -30,7 +34,7 @@ class RemoteScoringError(RuntimeError):
 
 class RemoteScorer:
     def __init__(self, endpoint: str, timeout_s: float = 120.0, *, item_timeout_s: float | None = None,
-                 memory_mb: int = 512) -> None:
+                 memory_mb: int = 512, curve: ClientKeys | None = None) -> None:
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise ValueError(f"RemoteScorer.timeout_s must be > 0, got {timeout_s!r}")
         if item_timeout_s is not None and not (0 < item_timeout_s <= protocol.MAX_SCORE_TIMEOUT_S):
@@ -40,7 +44,7 @@ class RemoteScorer:
         self.item_timeout_s = item_timeout_s
         self.memory_mb = memory_mb
         self._ctx = zmq.Context()
-        self._sock = transport.dealer(self._ctx, endpoint, f"scorer-{uuid.uuid4().hex[:12]}")
+        self._sock = transport.dealer(self._ctx, endpoint, f"scorer-{uuid.uuid4().hex[:12]}", curve=curve)
         self._lock = threading.Lock()
         self.last_statuses: list[str] = []
 

@@ -13,6 +13,11 @@ with ``error`` set (or, when not even its id could be read, a protocol Error
 message); a sandbox worker that dies is replaced by the Runner and its items
 come back with status "killed"; when too many requests are in flight the new
 one is refused with error "overloaded" rather than queued without bound.
+
+With ``curve_dir`` (``--curve-dir``, a folder from ``python -m common.keys``)
+the ROUTER is a CURVE server that accepts only the client keys in
+``curve_dir/authorized``; any other peer never completes the handshake and
+gets nothing back, not even an error.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 import zmq
 from prometheus_client import CollectorRegistry
 
-from common import protocol, transport
+from common import keys, protocol, transport
 from common.metrics import MetricsServer
 
 from .metrics import SandboxMetrics
@@ -47,6 +52,8 @@ class ServiceConfig:
     """Completions per request."""
     metrics_port: int | None = None
     tier: str = "auto"
+    curve_dir: str = ""
+    """Key folder (python -m common.keys) turning CURVE on; empty: off. Reads server.key_secret and authorized/."""
 
     def __post_init__(self) -> None:
         for name in ("workers", "math_workers", "max_inflight", "max_items"):
@@ -57,6 +64,10 @@ class ServiceConfig:
             raise ValueError(f"ServiceConfig.bind must be a zmq endpoint like tcp://*:5557, got {self.bind!r}")
         if self.metrics_port is not None and not (isinstance(self.metrics_port, int) and 0 <= self.metrics_port < 65536):
             raise ValueError(f"ServiceConfig.metrics_port must be a port number, got {self.metrics_port!r}")
+        if self.curve_dir and keys.missing(self.curve_dir, keys.SERVER_FILES):
+            raise ValueError(f"ServiceConfig.curve_dir: {self.curve_dir} lacks "
+                             f"{', '.join(keys.missing(self.curve_dir, keys.SERVER_FILES))}; "
+                             f"create it with: python -m common.keys DIR")
 
 
 class SandboxService:
@@ -68,7 +79,10 @@ class SandboxService:
                                   tier=config.tier, metrics=self.metrics)
         self.isolation = self.scorer.runner().isolation  # probe now, fail fast, log the tier
         self.ctx = zmq.Context()
-        self.sock = transport.router(self.ctx, config.bind)
+        server_keys = keys.load_server(config.curve_dir) if config.curve_dir else None
+        # the ZAP handler must answer before the first client connects: start it before binding
+        self.auth = transport.start_authenticator(self.ctx, server_keys) if server_keys is not None else None
+        self.sock = transport.router(self.ctx, config.bind, curve=server_keys)
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._done_addr = f"inproc://sandbox-done-{id(self)}"
         self._done = self.ctx.socket(zmq.PULL)
@@ -161,4 +175,6 @@ class SandboxService:
         self.scorer.close()
         if self.http is not None:
             self.http.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=0)

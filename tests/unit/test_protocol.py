@@ -81,12 +81,12 @@ def _bad_cases():
     yield "missing frame", good[:-1], "bad_frame"
     yield "extra frame", good + [b"1234"], "bad_frame"
     yield "length mismatch", _with_header(good, completions=[dict(comps[0], len=6)] + comps[1:]), "bad_frame"
-    yield "bad finish", _with_header(good, completions=[dict(comps[0], finish_reason="eaten")] + comps[1:]), "bad_field"
-    yield "nan score", _with_header(good, completions=[dict(comps[0], score=float("nan"))] + comps[1:]), "bad_field"
+    yield "bad finish", _with_header(good, completions=[dict(comps[0], finish_reason="eaten")] + comps[1:]), "bad_finish_reason"
+    yield "nan score", _with_header(good, completions=[dict(comps[0], score=float("nan"))] + comps[1:]), "bad_score"
     yield "no completions", [msgpack.packb(dict(h, completions=[])), good[1]], "bad_field"
     pos = list(good)
     pos[3] = np.ones(5, dtype=np.float32).tobytes()  # log-probs must be <= 0
-    yield "positive logprob", pos, "bad_field"
+    yield "positive logprob", pos, "bad_logprob"
     yield "arrays on simple msg", encode(Hello("a", "hf", "m", 1)) + [b"x"], "bad_frame"
 
 
