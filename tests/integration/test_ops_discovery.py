@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -190,9 +191,10 @@ def cluster():
             p.serve()
         yield kept, dropped
     finally:
-        for p in pods:
-            if p.server is not None:
-                p.server.close()
+        # In parallel: each close waits out its server's 0.5 s poll loop.
+        servers = [p.server for p in pods if p.server is not None]
+        with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+            list(pool.map(MetricsServer.close, servers))
 
 
 def test_prometheus_keeps_and_scrapes_every_role(cluster, tmp_path):

@@ -184,6 +184,15 @@ def tool(name: str) -> str:
     pytest.skip(msg)
 
 
+def test_missing_tool_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="setup_tools"):
+        tool("flowrl-no-such-tool")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        tool("flowrl-no-such-tool")
+
+
 # -- overlays: config and command lines through the roles' own parsers ----------
 
 @functools.lru_cache(maxsize=None)
