@@ -332,7 +332,8 @@ def test_dockerfile_keeps_the_cpu_torch():
     assert "bubblewrap" in text
     user = [ln for ln in lines if ln.startswith("USER ")][-1].split()[1]
     assert user.isdigit() and int(user) != 0
-    assert 'ENTRYPOINT ["python", "-m"]' in lines
+    # tini as PID 1 forwards SIGTERM to Python (a bare Python PID 1 ignores it)
+    assert {'ENTRYPOINT ["python", "-m"]', 'ENTRYPOINT ["tini", "--", "python", "-m"]'} & set(lines)
     allowed = (ROOT / ".dockerignore").read_text().split()
     for pkg in ("actors", "learner", "common", "reward_sandbox"):
         assert f"!{pkg}/" in allowed, f".dockerignore leaves {pkg} out of the image"
