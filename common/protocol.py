@@ -347,7 +347,8 @@ def decode(frames: list, limits: Limits = DEFAULT_LIMITS):
         raise ProtocolError("bad_header", f"not msgpack: {e}") from None
     if not isinstance(h, dict):
         raise ProtocolError("bad_header", "header is not a map")
-    if h.get("v") != SCHEMA_VERSION:
+    # exactly the int: 1.0 and True compare equal to 1 but are not what any encoder writes
+    if type(h.get("v")) is not int or h["v"] != SCHEMA_VERSION:
         raise ProtocolError("bad_version", f"schema {h.get('v')!r}, expected {SCHEMA_VERSION}")
     kind = h.get("type")
     arrays = views[1:]
@@ -355,7 +356,7 @@ def decode(frames: list, limits: Limits = DEFAULT_LIMITS):
         return _decode_work(h, arrays, limits)
     if kind == "trajectories":
         return _decode_trajectories(h, arrays, limits)
-    if kind not in _SIMPLE:
+    if not isinstance(kind, str) or kind not in _SIMPLE:  # a list here would be unhashable: TypeError
         raise ProtocolError("bad_type", f"unknown message type {kind!r}")
     if arrays:
         raise ProtocolError("bad_frame", f"{kind} carries no arrays")

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import zmq
 import zmq.auth
 from prometheus_client import CollectorRegistry
@@ -166,7 +167,8 @@ def test_curve_off_by_default(ctx):
 
 # ----------------------------------------------------------------- learner PUB
 def test_version_announcements_reach_only_authorised_subscribers(ctx, kdir):
-    b = Broadcaster(pub_bind="tcp://127.0.0.1:0", advertise_host="127.0.0.1", spec=None, state=RunState(),
+    b = Broadcaster(pub_bind="tcp://127.0.0.1:0", advertise_host="127.0.0.1", spec=None, device=torch.device("cpu"),
+                    state=RunState(),
                     metrics=WeightSyncMetrics(CollectorRegistry(), "learner"), curve_dir=str(kdir / "run"))
     b.start()
     endpoint = b.state.pub_endpoint
@@ -176,11 +178,11 @@ def test_version_announcements_reach_only_authorised_subscribers(ctx, kdir):
         got = None
         deadline = time.monotonic() + 10
         while got is None and time.monotonic() < deadline:  # PUB drops what is sent before a SUB joins
-            b.submit(3, [])
+            b.submit(3, [], None)
             got = transport.recv(good, 0.1)
         assert got == VersionAnnounce(3, 0)
         for _ in range(5):
-            b.submit(4, [])
+            b.submit(4, [], None)
         assert transport.recv(good, 2.0) == VersionAnnounce(4, 0)
         for s in bad:
             assert not s.poll(int(SILENCE_S * 1000))
@@ -232,3 +234,19 @@ def test_sandbox_service_answers_only_authorised_keys(kdir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_binding_is_released_with_the_peer(ctx, kdir):
+    """Bindings are pruned with the peer's last_seen entry: memory stays bounded, and an id
+    unheard of for the horizon may be taken by another authorised key."""
+    with running_hub(curve_dir=str(kdir / "run"), peer_horizon_s=0.5) as hub:
+        a = Peer(ctx, hub, "peer-a", curve=_client(kdir))
+        b = Peer(ctx, hub, "peer-b", curve=_client(kdir, "client2"))
+        assert isinstance(a.ask(Heartbeat("actor-1", 0, 0)), Heartbeat)
+        assert b.ask(Heartbeat("actor-1", 0, 0), timeout_s=0.3) is None
+        deadline = time.monotonic() + 5
+        while "actor-1" in hub.key_of and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.key_of == {} and hub.last_seen == {}
+        assert isinstance(b.ask(Heartbeat("actor-1", 0, 0)), Heartbeat)
+        assert hub.key_of == {"actor-1": _client(kdir, "client2").public.decode()}

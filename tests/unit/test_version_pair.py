@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from actors.actor import Actor
@@ -123,13 +124,14 @@ def test_harness_catches_a_field_by_field_writer():
 class _StubGroup:
     """Stands in for the weight group: the broadcast itself is not under test here."""
 
-    def broadcast(self, named: list) -> int:
+    def broadcast(self, named: list, ready=None) -> int:
         return 0
 
 
 def test_learner_hub_never_hands_out_a_mixed_pair():
     state = _YieldingState()
-    b = Broadcaster(pub_bind="tcp://127.0.0.1:0", advertise_host="127.0.0.1", spec=None, state=state,
+    b = Broadcaster(pub_bind="tcp://127.0.0.1:0", advertise_host="127.0.0.1", spec=None, device=torch.device("cpu"),
+                    state=state,
                     metrics=WeightSyncMetrics(CollectorRegistry(), "learner"))
     group = _StubGroup()
     try:
@@ -137,7 +139,7 @@ def test_learner_hub_never_hands_out_a_mixed_pair():
             hub.state = state  # the hub reads what this broadcaster writes, as in learner/worker.py
 
             def write(k: int) -> None:
-                b._broadcast(group, K * k, [])  # the real writer: announce, then publish the pair
+                b._broadcast(group, K * k, [], None)  # the real writer: announce, then publish the pair
 
             def read() -> tuple[int, int]:
                 reply = hub._heartbeat(b"peer", Heartbeat("a", 0, 0)) if read.n % 2 else \

@@ -1,0 +1,261 @@
+"""Fuzzing the learner hub (issue 10, point 5; the long run is bench/fuzz_hub.py).
+
+A real hub (learner.hub.Hub + ReplayBuffer, real ROUTER on loopback, no model)
+gets random bytes, truncated msgpack, wrong schema versions, lying array
+lengths, huge declared sizes, wrong types, valid-looking groups with
+out-of-range values from a peer that holds a real lease, and a flood from many
+identities, while a well-behaved client leases, sends groups and heartbeats.
+
+Expected: the hub thread is alive and never crashed; every bad frame is counted
+exactly once (the rejected counters sum to the bad frames sent); the lease
+holder's bad groups are acked as refused with the right reason; the
+well-behaved client gets every lease and ack it asks for. The per-peer maps
+are pruned by age. Bounded: a fixed number of frames, a few seconds.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from common import transport
+from common.protocol import (SCHEMA_VERSION, Ack, Completion, Heartbeat, Hello, Trajectories, Welcome, Work,
+                             WorkRequest, encode)
+from learner import hub as hub_module
+from tests.unit.test_ingest_validation import (MAX_ABS_SCORE, N, VOCAB, Peer, received, rejected, running_hub,
+                                               wait_rejected)
+
+SEED = 10
+
+
+@pytest.fixture()
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def _header(frames: list) -> dict:
+    return msgpack.unpackb(bytes(frames[0]))
+
+
+def _with(frames: list, **changes) -> list:
+    h = _header(frames)
+    h.update(changes)
+    return [msgpack.packb(h)] + [bytes(f) for f in frames[1:]]
+
+
+def _sample_group(actor_id: str = "fuzzer") -> list:
+    """Frames of a well-formed group, for prompt 0 of a lease that does not exist."""
+    comps = [Completion(np.array([5, 6, 7], dtype=np.int32), np.full(3, -0.5, dtype=np.float32), "stop", 1.0, 0)
+             for _ in range(N)]
+    return [bytes(f) for f in encode(Trajectories(999_999, actor_id, 0, np.arange(1, 4, dtype=np.int32), comps, {}))]
+
+
+def _malformed(rng: np.random.Generator) -> list[list]:
+    """Messages decode() must refuse: each one is one bad frame set, counted once."""
+    good = _sample_group()
+    h = _header(good)
+    comp = h["completions"]
+    out: list[list] = []
+    for _ in range(300):  # random bytes, 1-3 frames
+        out.append([rng.bytes(int(rng.integers(0, 200))) for _ in range(int(rng.integers(1, 4)))])
+    for _ in range(100):  # truncated msgpack headers (of every message type)
+        src = encode(WorkRequest("a", 2, 0)) if rng.random() < 0.3 else good
+        head = bytes(src[0])
+        out.append([head[:int(rng.integers(0, len(head)))]] + [bytes(f) for f in src[1:]])
+    for v in (0, 2, -1, "1", None, 1.0, True, [1], SCHEMA_VERSION + 1000):  # wrong schema versions
+        out.append(_with(good, v=v))
+    out += [  # lying array lengths
+        _with(good, completions=[dict(comp[0], len=4)] + comp[1:]),
+        _with(good, completions=[dict(comp[0], len=2)] + comp[1:]),
+        _with(good, prompt_len=4),
+        good[:-1], good + [b"\0" * 12],
+        [good[0], good[1], good[3], good[2]] + good[4:],  # tokens and log-probs swapped: same bytes, bad values
+    ]
+    out += [  # huge declared sizes
+        _with(good, completions=[dict(comp[0], len=2**40)] + comp[1:]),
+        _with(good, prompt_len=10**9),
+        _with(good, completions=[comp[0]] * 5000),
+        [msgpack.packb(dict(h, actor_id="x" * (2 * 1024 * 1024)))] + good[1:],  # header over 1 MiB
+        _with(good, actor_id="y" * (1024 * 1024 + 1)),
+    ]
+    out += [  # wrong types, missing fields, unknown types
+        _with(good, lease_id="7"), _with(good, lease_id=True), _with(good, prompt_id=1.5), _with(good, actor_id=7),
+        _with(good, completions="abc"), _with(good, completions=[5] * N), _with(good, timings=[1]),
+        _with(good, timings={"generate": "slow"}), _with(good, completions=[dict(comp[0], score="1.0")] + comp[1:]),
+        _with(good, completions=[dict(comp[0], version=1.5)] + comp[1:]),
+        _with(good, completions=[dict(comp[0], finish_reason=1)] + comp[1:]),
+        [msgpack.packb({k: v for k, v in h.items() if k != "prompt_tokens" and k != "prompt_id"})] + good[1:],
+        [msgpack.packb({"v": SCHEMA_VERSION, "type": "launch_missiles"})],
+        [msgpack.packb({"v": SCHEMA_VERSION, "type": ["work"]})],
+        [msgpack.packb({"v": SCHEMA_VERSION, "type": {"a": 1}})],
+        [msgpack.packb({"v": SCHEMA_VERSION, "type": "hello", "actor_id": "a", "engine": "hf", "model": "m",
+                        "pid": "1"})],
+        [msgpack.packb([SCHEMA_VERSION, "hello"])],
+        [msgpack.packb({1: 2})],
+        [msgpack.packb({"v": SCHEMA_VERSION, "type": "heartbeat", "actor_id": "a", "policy_version": 0,
+                        "weight_seq": 0}), b"extra"],
+        [b"\x91" * 100_000 + b"\x01"],  # nesting deeper than msgpack's stack
+    ]
+    return out
+
+
+def _wrong_but_decodable() -> list[list]:
+    """Well-formed messages the hub must refuse after decoding (no reply to any of them)."""
+    return [bytes(f) for f in encode(Welcome("run", 0, 0, "tcp://x:1", None, []))], \
+           [bytes(f) for f in encode(WorkRequest("neg", -1, 0))], \
+           [bytes(f) for f in encode(Ack(1, 1, True, ""))]
+
+
+class GoodClient(threading.Thread):
+    """Leases one prompt at a time and returns a valid group, then heartbeats; every request
+    must be answered within the timeout, every group accepted."""
+
+    def __init__(self, ctx: zmq.Context, hub, groups: int):
+        super().__init__(daemon=True)
+        self.peer, self.groups = Peer(ctx, hub, "good-actor"), groups
+        self.stop, self.accepted, self.heartbeats = threading.Event(), 0, 0
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.failure is None:
+            if self.accepted < self.groups:
+                work = self.peer.ask(WorkRequest("good-actor", 1, 0))
+                if not isinstance(work, Work) or len(work.prompts) != 1:
+                    self.failure = f"lease refused: {work!r}"
+                    return
+                ack = self.peer.ask(self.peer.group(work))
+                if not (isinstance(ack, Ack) and ack.accepted):
+                    self.failure = f"group not accepted: {ack!r}"
+                    return
+                self.accepted += 1
+            else:
+                if not isinstance(self.peer.ask(Heartbeat("good-actor", 0, 0)), Heartbeat):
+                    self.failure = "heartbeat unanswered"
+                    return
+                self.heartbeats += 1
+            time.sleep(0.005)
+
+
+def _liar_cases(work: Work) -> list[tuple[dict, str]]:
+    """(changes to a valid group for one of ``work``'s prompts, the reason the hub must give)."""
+    return [
+        (dict(tokens=np.array([5, VOCAB, 7], dtype=np.int32)), "token_out_of_vocab"),
+        (dict(tokens=np.array([-5, 1, 7], dtype=np.int32)), "token_out_of_vocab"),
+        (dict(score=MAX_ABS_SCORE * 10), "bad_score"),
+        (dict(score=float("nan")), "bad_score"),
+        (dict(score=float("-inf")), "bad_score"),
+        (dict(logprobs=np.array([-1.0, 0.5, -1.0], dtype=np.float32)), "bad_logprob"),
+        (dict(logprobs=np.array([-1.0, np.inf, -1.0], dtype=np.float32)), "bad_logprob"),
+        (dict(finish_reason="tool_call"), "bad_finish_reason"),
+        (dict(version=10**6), "bad_version"),  # a policy version the learner never had
+        (dict(version=-1), "bad_version"),
+        (dict(tokens=np.arange(1, 20, dtype=np.int32), logprobs=np.full(19, -1.0, dtype=np.float32)), "too_long"),
+    ]
+
+
+def _answered(socks: list, timeout_s: float) -> int:
+    """How many of ``socks`` got a heartbeat back, all within one deadline (bounded when the hub is dead)."""
+    deadline = time.monotonic() + timeout_s
+    return sum(isinstance(transport.recv(s, max(0.0, deadline - time.monotonic())), Heartbeat) for s in socks)
+
+
+def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
+    rng = np.random.default_rng(SEED)
+    t0 = time.monotonic()
+    with running_hub() as hub:
+        good = GoodClient(ctx, hub, groups=24)
+        good.start()
+
+        # a peer holding a real lease sends valid-looking groups with out-of-range values
+        liar = Peer(ctx, hub, "liar")
+        work = liar.lease(credits=4)
+        bad = 0
+        for i, (change, reason) in enumerate(_liar_cases(work)):
+            msg = liar.group(work, i % len(work.prompts), **change)
+            ack = liar.ask(msg)
+            assert ack == Ack(work.lease_id, msg.prompt_id, False, reason), (change, ack)
+            bad += 1
+        structural = [  # group-level lies, each acked as refused
+            (Trajectories(work.lease_id, "liar", work.prompts[0].prompt_id, work.prompts[0].tokens,
+                          liar.group(work).completions[:1], {}), "group_size"),
+            (Trajectories(work.lease_id, "liar", work.prompts[0].prompt_id, work.prompts[1].tokens
+                          if not np.array_equal(work.prompts[0].tokens, work.prompts[1].tokens)
+                          else np.array([9, 9], dtype=np.int32), liar.group(work).completions, {}), "prompt_mismatch"),
+            (Trajectories(work.lease_id, "liar", 10**6, work.prompts[0].tokens, liar.group(work).completions, {}),
+             "unknown_prompt"),
+            (Trajectories(work.lease_id + 10**6, "liar", work.prompts[0].prompt_id, work.prompts[0].tokens,
+                          liar.group(work).completions, {}), "unknown_lease"),
+        ]
+        for msg, reason in structural:
+            ack = liar.ask(msg)
+            assert isinstance(ack, Ack) and not ack.accepted and ack.reason == reason, (reason, ack)
+            bad += 1
+
+        # malformed frames from a handful of raw sockets, and decodable messages the hub refuses
+        raws = [transport.dealer(ctx, hub.endpoint, f"raw-{i}") for i in range(4)]
+        frames = _malformed(rng) + list(_wrong_but_decodable())
+        for i, f in enumerate(frames):
+            raws[i % len(raws)].send_multipart(f)
+        bad += len(frames)
+        assert wait_rejected(hub, bad, timeout_s=10) and hub.is_alive(), hub.error  # fail fast, not per reply
+
+        # a flood from many identities: garbage, a valid heartbeat each (answered), more garbage
+        flood = [transport.dealer(ctx, hub.endpoint, f"flood-{i}") for i in range(150)]
+        for i, s in enumerate(flood):
+            s.send_multipart([rng.bytes(16)])
+            transport.send(s, Heartbeat(f"flood-{i}", 0, 0))
+            s.send_multipart(_with(_sample_group(f"flood-{i}"), v=0))
+        bad += 2 * len(flood)
+        answered = _answered(flood, timeout_s=10)
+
+        counts = wait_rejected(hub, bad, timeout_s=10)
+        time.sleep(0.3)  # nothing more may arrive: a frame counted twice would show here
+        counts = rejected(hub)
+        # the liar's lease is still good: a correct group on it is accepted
+        assert liar.ask(liar.group(work, 3)).accepted
+
+        deadline = time.monotonic() + 20
+        while good.accepted < good.groups and good.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        good.stop.set()
+        good.join(timeout=10)
+        assert good.failure is None, good.failure
+        assert good.accepted == good.groups and good.heartbeats > 0
+        assert answered == len(flood)
+        assert sum(counts.values()) == bad, counts
+        for reason in ("bad_header", "bad_version", "bad_frame", "too_large", "bad_field", "missing_field",
+                       "bad_type", "unexpected_type", "token_out_of_vocab", "bad_score", "bad_logprob",
+                       "bad_finish_reason", "group_size", "prompt_mismatch", "unknown_prompt", "unknown_lease"):
+            assert counts.get(reason, 0) > 0, (reason, counts)
+        assert counts["unexpected_type"] == 2  # Welcome, Ack; the negative-credit request is a bad_field
+        assert received(hub) == good.groups + 1
+        assert hub.is_alive() and hub.error is None
+        hub.check()
+    assert time.monotonic() - t0 < 60
+
+
+def test_per_peer_maps_are_pruned(ctx, monkeypatch):
+    # a horizon long enough for 200 peers to be registered on a loaded machine, short for a test
+    monkeypatch.setattr(hub_module, "LOG_EVERY_S", 3.0)
+    with running_hub(peer_horizon_s=3.0) as hub:
+        keeper = Peer(ctx, hub, "keeper")
+        socks = [transport.dealer(ctx, hub.endpoint, f"gone-{i}") for i in range(200)]
+        for i, s in enumerate(socks):
+            transport.send(s, Heartbeat(f"gone-{i}", 0, 0))
+            s.send_multipart([b"\xc1"])  # logged once for this peer
+        assert _answered(socks, timeout_s=10) == len(socks)
+        wait_rejected(hub, len(socks))
+        assert len(hub.last_seen) == len(socks) and len(hub._logged) == len(socks)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(hub.last_seen) > 1 or hub._logged):
+            assert isinstance(keeper.ask(Heartbeat("keeper", 0, 0)), Heartbeat)  # a live peer stays
+            time.sleep(0.05)
+        assert list(hub.last_seen) == ["keeper"]
+        assert hub._logged == {}
+        assert hub.is_alive()
