@@ -3,12 +3,12 @@
 #
 # CPU (default):
 #   docker build -t flowrl:cpu .
-# GPU (CUDA torch + vLLM):
+# GPU (CUDA torch + vLLM 0.32, whose wheels are built for torch 2.13 and CUDA 13):
 #   docker build -t flowrl:gpu \
-#     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#     --build-arg BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 \
 #     --build-arg EXTRAS=gpu .
-ARG BASE=python:3.11-slim
+ARG BASE=python:3.11.14-slim-bookworm
 FROM ${BASE}
 
 # Where torch comes from decides CPU vs CUDA; everything installed later must
@@ -37,7 +37,7 @@ ENV DS_BUILD_OPS=0
 # hadolint ignore=DL3008,DL3013,SC2086
 RUN set -eux; \
     apt-get update; \
-    pkgs="bubblewrap ca-certificates"; \
+    pkgs="bubblewrap ca-certificates tini"; \
     command -v python3 >/dev/null || pkgs="$pkgs python3 python3-venv python3-dev"; \
     case "$EXTRAS" in *gpu*) pkgs="$pkgs gcc libc6-dev";; esac; \
     apt-get install -y --no-install-recommends $pkgs; \
@@ -86,5 +86,7 @@ USER 10001
 WORKDIR /data
 
 EXPOSE 5555 5556 5557 29555 9100 9200 9300
-ENTRYPOINT ["python", "-m"]
+# tini as PID 1: it forwards SIGTERM to python (a Python PID 1 would ignore it,
+# so every pod stop would end in SIGKILL) and reaps the actors' children.
+ENTRYPOINT ["tini", "--", "python", "-m"]
 CMD ["learner", "--help"]

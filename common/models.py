@@ -69,6 +69,41 @@ def load_model(model: str, *, dtype: str = "float32", device: str = "cpu"):
     return m.to(device)
 
 
+def cache_root() -> Path:
+    """Where derived model files live: $FLOWRL_CACHE, else ~/.cache/flowrl."""
+    return Path(os.environ.get("FLOWRL_CACHE") or Path.home() / ".cache" / "flowrl")
+
+
+def hf_directory(model: str) -> str:
+    """A Hugging Face directory (config.json + safetensors + tokenizer) for ``model``.
+
+    vLLM loads HF directories, not the embedded GGUF: the embedded model is
+    dequantised once to float32 safetensors under ``cache_root()``, keyed by
+    the GGUF file's name and size, and reused by every later process. The
+    directory is written under a temporary name and renamed into place, so
+    actors converting at the same time never see a half-written one.
+    """
+    if model != EMBEDDED:
+        return model_source(model)[0]
+    directory, gguf = embedded_gguf()
+    size = (Path(directory) / gguf).stat().st_size
+    out = cache_root() / f"{Path(gguf).stem}-{size}-hf"
+    if (out / "config.json").is_file():
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    load_model(EMBEDDED).save_pretrained(tmp)
+    load_tokenizer(EMBEDDED).save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process won the race; its directory is equivalent
+        import shutil
+        shutil.rmtree(tmp)
+        if not (out / "config.json").is_file():
+            raise
+    return str(out)
+
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Chat-formatted prompt ids when the tokenizer has a chat template, else the plain text."""
     if tokenizer.chat_template:
@@ -93,7 +128,8 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, la
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      # head size 32: the smallest vLLM's CPU attention supports
+                      num_hidden_layers=layers, num_attention_heads=hidden // 32, num_key_value_heads=1,
                       max_position_embeddings=1024, tie_word_embeddings=True,
                       pad_token_id=0, eos_token_id=1, bos_token_id=None)
     torch.manual_seed(seed)

@@ -2,12 +2,28 @@
 
 The group is made only for the learner's rank 0 (rank 0 here) and the actors
 (ranks 1..N), over its own TCPStore rendezvous, so it never touches the
-learner's training group. NCCL when CUDA is present, gloo otherwise: the same
-code either way. Tensors travel in flat buckets (one collective per bucket)
-in the order of a manifest both sides agree on: [[name, shape, dtype], ...].
+learner's training group. Tensors travel in flat buckets (one collective per
+bucket) in the order of a manifest both sides agree on: [[name, shape, dtype]].
+
+One code path for both backends; what differs on GPU is handled here:
+- The backend is chosen by rank 0 and published in the rendezvous store, so a
+  spec with ``backend="auto"`` is resolved once for every member: NCCL cannot
+  put two ranks on one GPU, so rank 0 picks gloo when a member shares its GPU
+  (``resolve_backend``).
+- NCCL communicators are created lazily by the first collective; the
+  constructor runs a one-element broadcast so that it returns only when every
+  member has joined, as it does for gloo.
+- ``wait()`` on an NCCL work only orders streams; the group is built with
+  blocking wait, so ``wait()`` blocks the host until the transfer is done and
+  raises on timeout instead of the watchdog aborting the process.
+- Rank 0 broadcasts on its own CUDA stream, after an event recorded where the
+  snapshot was taken, and synchronises after the last bucket, so the time it
+  reports is the transfer and no snapshot outlives its broadcast.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Iterable, Iterator
@@ -16,6 +32,8 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
+BACKENDS = ("auto", "nccl", "gloo")
+_BACKEND_KEY = "backend"
 
 
 @dataclass(frozen=True)
@@ -27,6 +45,7 @@ class WeightGroupSpec:
     world_size: int
     rank: int
     backend: str
+    """"nccl", "gloo" or "auto" (rank 0 decides and publishes it in the rendezvous store)."""
     timeout_s: float = 600.0
 
     def as_dict(self) -> dict:
@@ -36,8 +55,28 @@ class WeightGroupSpec:
         return WeightGroupSpec(self.host, self.port, self.world_size, rank, self.backend, self.timeout_s)
 
 
-def default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def gpu_uuid(device: torch.device | str | None) -> str | None:
+    """The physical identity of a CUDA device (stable across CUDA_VISIBLE_DEVICES); None for CPU."""
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda":
+        return None
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def resolve_backend(setting: str, root_gpu: str | None, member_gpus: list[str | None]) -> str:
+    """The backend rank 0 publishes for ``setting`` ("auto", "nccl" or "gloo"), given the
+    GPU identity of rank 0 and of every other member (None: on CPU)."""
+    if setting not in BACKENDS:
+        raise ValueError(f"weight backend must be one of {BACKENDS}, got {setting!r}")
+    shared = root_gpu is not None and root_gpu in member_gpus
+    if setting == "auto":
+        return "nccl" if root_gpu is not None and None not in member_gpus and not shared else "gloo"
+    if setting == "nccl" and (root_gpu is None or None in member_gpus):
+        raise ValueError("weight backend 'nccl' needs every member on a GPU; use 'auto' or 'gloo'")
+    if setting == "nccl" and shared:
+        raise ValueError(f"an actor shares the learner's GPU {root_gpu}, and NCCL cannot put two ranks "
+                         "on one GPU; use weight backend 'auto' or 'gloo'")
+    return setting
 
 
 def make_manifest(named: Iterable[tuple[str, torch.Tensor]]) -> list:
@@ -58,42 +97,113 @@ def _buckets(manifest: list, bucket_bytes: int) -> list[list[int]]:
     return out
 
 
+@contextmanager
+def _nccl_env():
+    """Blocking wait (wait() blocks and raises on timeout) and no process teardown on
+    error, for this group only: ProcessGroupNCCL reads both when it is constructed."""
+    keys = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
 class WeightGroup:
-    """One member of the broadcast group. Construction blocks until all ranks join."""
+    """One member of the broadcast group. Construction blocks until all ranks have joined.
+
+    ``device`` is where tensors live on this member: NCCL moves them there;
+    with gloo they travel through host memory whatever ``device`` is.
+    """
 
     def __init__(self, spec: WeightGroupSpec, device: torch.device | str = "cpu"):
-        self.spec, self.device = spec, torch.device(device)
+        self.spec = spec
         timeout = timedelta(seconds=spec.timeout_s)
         store = dist.TCPStore(spec.host, spec.port, spec.world_size, is_master=spec.rank == 0,
                               timeout=timeout, wait_for_workers=False)
         store = dist.PrefixStore("flowrl-weights", store)
-        if spec.backend == "nccl":
+        self.backend = backend = self._agree_backend(store, spec, gpu_uuid(device))
+        self.device = torch.device(device) if backend == "nccl" else torch.device("cpu")
+        if backend == "nccl":
+            if self.device.type != "cuda" or self.device.index is None:
+                raise ValueError(f"an NCCL weight group needs an explicit CUDA device, got {self.device}")
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
-            self.pg = dist.ProcessGroupNCCL(store, spec.rank, spec.world_size, opts)
-        elif spec.backend == "gloo":
-            self.pg = dist.ProcessGroupGloo(store, spec.rank, spec.world_size, timeout)
+            with _nccl_env():
+                self.pg = dist.ProcessGroupNCCL(store, spec.rank, spec.world_size, opts)
+            self.stream = torch.cuda.Stream(self.device)
         else:
-            raise ValueError(f"weight_group.backend must be 'nccl' or 'gloo', got {spec.backend!r}")
+            self.pg = dist.ProcessGroupGloo(store, spec.rank, spec.world_size, timeout)
+            self.stream = None
         self._store = store  # keeps the master's server alive for the group's lifetime
+        # Eager connect: the first collective creates NCCL's communicator and needs every rank.
+        probe = torch.zeros(1, device=self.device)
+        with self._on_stream():
+            self.pg.broadcast(probe, 0).wait()
+        self._sync()
 
-    def broadcast(self, named: list[tuple[str, torch.Tensor]], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
-        """Root side: send every tensor in manifest order; returns bytes sent."""
+    @staticmethod
+    def _agree_backend(store, spec: WeightGroupSpec, mine: str | None) -> str:
+        """Every member posts its GPU identity; rank 0 resolves the backend and posts it
+        (or the reason it cannot), which every member then reads."""
+        store.set(f"gpu/{spec.rank}", mine or "")
+        if spec.rank == 0:
+            keys = [f"gpu/{r}" for r in range(1, spec.world_size)]
+            store.wait(keys)
+            members = [store.get(k).decode() or None for k in keys]
+            try:
+                backend = resolve_backend(spec.backend, mine, members)
+            except ValueError as e:
+                store.set(_BACKEND_KEY, f"error:{e}")
+                raise
+            store.set(_BACKEND_KEY, backend)
+            return backend
+        backend = store.get(_BACKEND_KEY).decode()  # blocks until rank 0 has decided
+        if backend.startswith("error:"):
+            raise ValueError(backend.removeprefix("error:"))
+        return backend
+
+    def _on_stream(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+
+    def _sync(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def broadcast(self, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None" = None,
+                  bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
+        """Root side: send every tensor in manifest order; returns bytes sent once the transfer is done.
+
+        ``ready`` is an event recorded on the stream that produced ``named``."""
         manifest = make_manifest(named)
         sent = 0
-        for idx in _buckets(manifest, bucket_bytes):
-            flat = torch.cat([named[i][1].detach().reshape(-1).to(self.device) for i in idx])
-            self.pg.broadcast(flat, 0).wait()
-            sent += flat.numel() * flat.element_size()
+        with self._on_stream():
+            if ready is not None and self.stream is not None:
+                self.stream.wait_event(ready)
+            for idx in _buckets(manifest, bucket_bytes):
+                flat = torch.cat([named[i][1].detach().reshape(-1).to(self.device) for i in idx])
+                self.pg.broadcast(flat, 0).wait()
+                sent += flat.numel() * flat.element_size()
+        self._sync()
         return sent
 
     def receive(self, manifest: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
-        """Receiver side: yields (name, tensor) bucket by bucket, as views of a flat buffer."""
+        """Receiver side: yields (name, tensor) bucket by bucket, as views of a flat buffer.
+
+        Each bucket's transfer is complete (stream synchronised) before its
+        tensors are yielded, so callers may use them on any stream."""
         for idx in _buckets(manifest, bucket_bytes):
             shapes = [torch.Size(manifest[i][1]) for i in idx]
-            flat = torch.empty(sum(s.numel() for s in shapes), dtype=getattr(torch, manifest[idx[0]][2]),
-                               device=self.device)
-            self.pg.broadcast(flat, 0).wait()
+            with self._on_stream():
+                flat = torch.empty(sum(s.numel() for s in shapes), dtype=getattr(torch, manifest[idx[0]][2]),
+                                   device=self.device)
+                self.pg.broadcast(flat, 0).wait()
+            self._sync()
             for i, part in zip(idx, torch.split(flat, [s.numel() for s in shapes])):
                 yield manifest[i][0], part.view(shapes[idx.index(i)])
 

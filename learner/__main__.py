@@ -20,7 +20,7 @@ from common.config import ConfigError, build, load, parse_override
 from learner.config import LearnerConfig
 
 _FLAGS = {"model": str, "max_steps": int, "metrics_port": int, "actors": int, "bind": str, "run_dir": str,
-          "tasks": str, "weight_port": int, "pub_bind": str}
+          "tasks": str, "weight_port": int, "pub_bind": str, "curve_dir": str}
 
 
 def parse_args(argv=None) -> tuple[LearnerConfig, int]:

@@ -28,8 +28,8 @@ log = logging.getLogger("learner.broadcast")
 
 
 class Broadcaster(threading.Thread):
-    def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, state: RunState,
-                 metrics: WeightSyncMetrics, curve_dir: str = ""):
+    def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, device: torch.device,
+                 state: RunState, metrics: WeightSyncMetrics, curve_dir: str = ""):
         super().__init__(name="broadcaster", daemon=True)
         self.spec, self.state, self.metrics = spec, state, metrics
         self.ctx = zmq.Context()
@@ -39,16 +39,18 @@ class Broadcaster(threading.Thread):
         self.pub = transport.publisher(self.ctx, pub_bind, curve=keys)
         state.pub_endpoint = transport.bound_endpoint(self.pub, advertise_host)
         self._cond = threading.Condition()
-        self._pending: tuple[int, list] | None = None
+        self.device = device
+        """The trainer's device: snapshots live there and an NCCL group sends from it."""
+        self._pending: tuple[int, list, torch.cuda.Event | None] | None = None
         self._busy = False
         self._stopping = False
         self.error: BaseException | None = None
         self.last_seconds = 0.0
 
-    def submit(self, version: int, named: list[tuple[str, torch.Tensor]]) -> None:
+    def submit(self, version: int, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None") -> None:
         """Queue ``named`` (already a snapshot the trainer will not modify) for broadcast."""
         with self._cond:
-            self._pending = (version, named)
+            self._pending = (version, named, ready)
             self._cond.notify_all()
 
     def run(self) -> None:
@@ -56,17 +58,19 @@ class Broadcaster(threading.Thread):
             group = None
             if self.spec is not None and self.spec.world_size > 1:
                 log.info("forming weight group: waiting for %d actor(s)", self.spec.world_size - 1)
-                group = WeightGroup(self.spec, device="cuda" if self.spec.backend == "nccl" else "cpu")
-                log.info("weight group formed (%s, %d members)", self.spec.backend, self.spec.world_size)
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)  # the current device is per thread: not device 0
+                group = WeightGroup(self.spec, device=self.device)
+                log.info("weight group formed (%s, %d members)", group.backend, self.spec.world_size)
             while True:
                 with self._cond:
                     while self._pending is None and not self._stopping:
                         self._cond.wait()
                     if self._pending is None:
                         break
-                    (version, named), self._pending = self._pending, None
+                    (version, named, ready), self._pending = self._pending, None
                     self._busy = True
-                self._broadcast(group, version, named)
+                self._broadcast(group, version, named, ready)
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
@@ -80,7 +84,7 @@ class Broadcaster(threading.Thread):
                 self._cond.notify_all()
             raise
 
-    def _broadcast(self, group: WeightGroup | None, version: int, named: list) -> None:
+    def _broadcast(self, group: WeightGroup | None, version: int, named: list, ready) -> None:
         if group is None:  # no actor can take weights: only announce the version
             transport.send(self.pub, VersionAnnounce(version, self.state.weights.seq))
             return
@@ -90,7 +94,7 @@ class Broadcaster(threading.Thread):
         # One attribute store: the hub thread sees the old pair or the new one, never a mix.
         self.state.weights = WeightRef(seq, version)
         t0 = time.perf_counter()
-        nbytes = group.broadcast(named)
+        nbytes = group.broadcast(named, ready)  # returns once the transfer is done
         self.last_seconds = time.perf_counter() - t0
         self.metrics.seconds.observe(self.last_seconds)
         self.metrics.bytes.inc(nbytes)

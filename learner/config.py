@@ -23,7 +23,9 @@ class SamplingConfig:
     temperature: float = 1.0
     """Sampling temperature; the learner scores log-probs of softmax(logits / temperature)."""
     top_p: float = 1.0
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass; must be 1: the learner scores softmax(logits / temperature) over the
+    whole vocabulary, and no engine can record that quantity for a top-p truncated sample
+    (vLLM records the truncated distribution's log-probs), so importance weights would be wrong."""
     max_tokens: int = 64
     """Completion length limit."""
 
@@ -107,7 +109,8 @@ class LearnerConfig:
     grad_clip: float = 1.0
     """Gradient norm clip (DeepSpeed gradient_clipping)."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage (0-3)."""
+    """DeepSpeed ZeRO stage 0, 1 or 2 (optimizer state and gradients sharded over ranks). Stage 3
+    is refused: the broadcast to actors needs every rank-0 parameter whole."""
     bind: str = "tcp://*:5555"
     """ROUTER endpoint actors connect to."""
     pub_bind: str = "tcp://*:5556"
@@ -116,6 +119,9 @@ class LearnerConfig:
     """Host name actors use to reach this learner's PUB socket and broadcast rendezvous."""
     actors: int = 2
     """Actors in the weight broadcast group; it forms once this many have said hello."""
+    weight_backend: str = "auto"
+    """Collective backend of the weight broadcast: "nccl", "gloo" or "auto" (NCCL when the learner
+    and every actor hold weights on distinct GPUs, else gloo: NCCL cannot put two ranks on one GPU)."""
     weight_port: int = 29555
     """TCP port of the broadcast group's rendezvous (separate from the training group's)."""
     broadcast_timeout_s: float = 600.0
@@ -146,7 +152,9 @@ class LearnerConfig:
         s = self.sampling
         require(s.n >= 2, "sampling.n", "must be >= 2 (group-normalised rewards need a group)")
         require(s.temperature > 0, "sampling.temperature", "must be > 0")
-        require(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+        require(s.top_p == 1.0, "sampling.top_p",
+                f"must be 1.0, got {s.top_p}: with top-p the actors' recorded log-probs (vLLM: of the "
+                "truncated distribution) would not be the ones the learner scores")
         require(s.max_tokens >= 1, "sampling.max_tokens", "must be >= 1")
         require(self.dtype in ("float32", "bfloat16"), "dtype", f"unsupported {self.dtype!r}")
         require(self.max_steps > 0 or self.epochs > 0, "max_steps", "max_steps and epochs cannot both be 0")
@@ -158,7 +166,11 @@ class LearnerConfig:
         require(self.max_staleness >= 0, "max_staleness", "must be >= 0")
         require(self.lease_timeout_s > 0 and self.broadcast_timeout_s > 0, "lease_timeout_s", "timeouts must be > 0")
         require(self.lr > 0, "lr", "must be > 0")
-        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0-3")
+        require(self.zero_stage in (0, 1, 2), "zero_stage",
+                f"must be 0, 1 or 2, got {self.zero_stage} (stage 3 partitions the parameters that the "
+                "weight broadcast sends whole)")
+        require(self.weight_backend in ("auto", "nccl", "gloo"), "weight_backend",
+                f"must be 'auto', 'nccl' or 'gloo', got {self.weight_backend!r}")
         require(self.actors >= 0, "actors", "must be >= 0")
         require(0 <= self.metrics_port < 65536 and 0 <= self.weight_port < 65536, "metrics_port", "must be a port")
         require(self.linger_s >= 0, "linger_s", "must be >= 0")

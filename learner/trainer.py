@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from common.models import load_model
 from learner.algorithms import build_objective
 from learner.buffer import Group
 from learner.config import LearnerConfig
+from learner.diagnostics import behaviour_mismatch
 from learner.model import Batch, PolicyWithLogZ, reference_logprobs
 
 
@@ -119,67 +119,79 @@ class Trainer:
         m = self.cfg.micro_batch_seqs
         return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
-    def step(self, groups: list[Group]) -> dict:
+    def step(self, groups: list[Group], version: int) -> dict:
+        """One optimizer step on this rank's ``groups``; ``version`` is the policy version of the
+        weights held before it (samples tagged with it were generated with exactly these weights)."""
         full = collate(groups, self.pad_id)
         old, ref = self._pre_pass(full)
         target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref)
         n = len(full.scores)
         slices = self._micro(n)
-        totals: dict[str, float] = {}
+        means: dict[str, float] = {}
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # mismatch |Δ|, k3, tokens
         self.engine.train()
-        for sl in slices:
+        for k, sl in enumerate(slices):
             mb = trim(full.select(sl)).to(self.device)
             T = mb.mask.shape[1]
             logp, log_z = self.engine(mb, self.cfg.sampling.temperature)
             loss, stats = self.objective.loss(
                 logp.float(), old[sl, :T].to(self.device), None if ref is None else ref[sl, :T].to(self.device),
                 mb.mask, log_z, target[sl].to(self.device) if target.dim() == 1 else target[sl, :T].to(self.device))
+            # Every micro-batch's forward sees the pre-step weights (the optimizer steps only
+            # at the boundary), so fresh samples compare the engine with these exact weights.
+            fresh = mb.mask * (mb.versions == version).to(mb.mask.dtype)[:, None]
+            sums += torch.stack(behaviour_mismatch(logp.detach(), mb.old_logp, fresh)).double()
             weight = (sl.stop - sl.start) / n
+            # The boundary is ours to mark, not DeepSpeed's micro-step count: gradients are
+            # reduced and the optimizer steps after this rank's last micro-batch.
+            self.engine.set_gradient_accumulation_boundary(k == len(slices) - 1)
             # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
             # gradient is that of the mean over all sequences, whatever the last micro size.
             self.engine.backward(loss * weight * self.gas)
-            self.engine.step()
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
-                totals[key] = totals.get(key, 0.0) + weight * float(v)
-        totals["score_mean"] = float(full.scores.mean())
-        totals["response_tokens"] = float(full.mask.sum())
-        return self._all_reduce(totals)
+                means[key] = means.get(key, 0.0) + weight * float(v)
+        self.engine.step()
+        means["score_mean"] = float(full.scores.mean())
+        return self._all_reduce(means, sums, float(full.mask.sum()))
 
-    def _all_reduce(self, stats: dict) -> dict:
-        if self.world == 1:
-            return stats
-        keys = sorted(stats)
-        t = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        out = {k: float(v) / self.world for k, v in zip(keys, t)}
-        out["response_tokens"] *= self.world  # a sum, not a mean
+    def _all_reduce(self, means: dict, sums: torch.Tensor, tokens: float) -> dict:
+        """Means over ranks for ``means``; the mismatch sums and token counts add up."""
+        keys = sorted(means)
+        t = torch.cat([torch.tensor([means[k] for k in keys] + [tokens], dtype=torch.float64,
+                                    device=self.device), sums])
+        if self.world > 1:
+            dist.all_reduce(t)  # on the rank's device: NCCL reduces only CUDA tensors
+        vals = t.tolist()
+        out = {k: v / self.world for k, v in zip(keys, vals)}
+        out["response_tokens"] = vals[len(keys)]
+        abs_sum, k3_sum, fresh = vals[len(keys) + 1:]
+        out["behaviour_logp_abs_diff"] = abs_sum / fresh if fresh else None
+        out["behaviour_mismatch_kl"] = k3_sum / fresh if fresh else None
         return out
 
     # ------------------------------------------------------------ weights out
-    def _gathered(self):
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-            return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
-        return nullcontext()
-
-    def snapshot(self) -> list[tuple[str, torch.Tensor]] | None:
-        """Policy weights for the actors (rank 0; collective under ZeRO-3, so every rank calls it)."""
-        with self._gathered():
-            if self.rank != 0:
-                return None
-            return [(name, p.detach().clone()) for name, p in self.module.policy_weights()]
+    def snapshot(self) -> tuple[list[tuple[str, torch.Tensor]], "torch.cuda.Event | None"] | None:
+        """Rank 0: a copy of the policy weights for the actors, and on CUDA an event recorded
+        after the copies, which the broadcast stream waits for. Other ranks: None."""
+        if self.rank != 0:
+            return None
+        named = [(name, p.detach().clone()) for name, p in self.module.policy_weights()]
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        return named, ready
 
     def save(self, path: str, tokenizer, meta: dict) -> None:
-        """HF policy directory + log Z head + meta; every rank calls it (ZeRO-3 gathers)."""
+        """HF policy directory + log Z head + meta, written by rank 0."""
         import json
         from pathlib import Path
 
-        with self._gathered():
-            if self.rank != 0:
-                return
-            out = Path(path)
-            self.module.policy.save_pretrained(out / "policy")
-            tokenizer.save_pretrained(out / "policy")
-            torch.save(self.module.log_z.state_dict(), out / "log_z.pt")
-            (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        if self.rank != 0:
+            return
+        out = Path(path)
+        self.module.policy.save_pretrained(out / "policy")
+        tokenizer.save_pretrained(out / "policy")
+        torch.save(self.module.log_z.state_dict(), out / "log_z.pt")
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -21,7 +21,7 @@ from common.data import load_tasks
 from common.metrics import HubMetrics, LearnerMetrics, MetricsServer, WeightSyncMetrics
 from common.models import encode_prompt, load_tokenizer
 from common.protocol import Sampling
-from common.weight_sync import WeightGroupSpec, default_backend, make_manifest
+from common.weight_sync import WeightGroupSpec, make_manifest
 from learner.broadcaster import Broadcaster
 from learner.buffer import ReplayBuffer
 from learner.config import LearnerConfig
@@ -48,10 +48,11 @@ class Rank0:
                                    epochs=cfg.epochs, seed=cfg.seed)
         spec = None
         if cfg.actors:
-            spec = WeightGroupSpec(cfg.advertise_host, cfg.weight_port, cfg.actors + 1, 0, default_backend(),
+            spec = WeightGroupSpec(cfg.advertise_host, cfg.weight_port, cfg.actors + 1, 0, cfg.weight_backend,
                                    cfg.broadcast_timeout_s)
         weights = trainer.module.policy_weights()
         self.broadcaster = Broadcaster(pub_bind=cfg.pub_bind, advertise_host=cfg.advertise_host, spec=spec,
+                                       device=trainer.device,
                                        state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"),
                                        curve_dir=cfg.curve_dir)
         s = cfg.sampling
@@ -63,6 +64,7 @@ class Rank0:
                        # embedding rows, not len(tokenizer): the bound an id must respect on the GPU
                        vocab_size=trainer.module.policy.get_input_embeddings().num_embeddings,
                        max_abs_score=cfg.max_abs_score, curve_dir=cfg.curve_dir)
+        self.hub.metrics.expected_actors.set(cfg.actors)
         self.server = MetricsServer(self.registry, cfg.metrics_port, self._health)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         self.step_log = open(Path(cfg.run_dir) / "steps.jsonl", "w")
@@ -99,6 +101,9 @@ class Rank0:
         m.is_weight.set(stats.get("is_weight_mean", 1.0))
         m.clip_frac.set(stats.get("is_clip_frac", 0.0))
         m.step_seconds.observe(seconds)
+        nan = float("nan")
+        m.logp_abs_diff.set(nan if stats["behaviour_logp_abs_diff"] is None else stats["behaviour_logp_abs_diff"])
+        m.mismatch_kl.set(nan if stats["behaviour_mismatch_kl"] is None else stats["behaviour_mismatch_kl"])
         m.samples.inc(nseq)
         m.tokens.inc(stats["response_tokens"])
         m.samples_per_s.set(nseq / seconds)
@@ -162,13 +167,13 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
             if groups is None:
                 break
             t0 = time.perf_counter()
-            stats = trainer.step(groups)
+            stats = trainer.step(groups, version=step)
             step += 1
-            # 0.5 GB copied per step for the embedded model: only worth it when actors take weights
-            snapshot = trainer.snapshot() if cfg.actors else []
             if r0:
+                # 0.5 GB copied per step for the embedded model: only worth it when actors take weights
+                snapshot = trainer.snapshot() if cfg.actors else ([], None)
                 r0.state.policy_version = step
-                r0.broadcaster.submit(step, snapshot)
+                r0.broadcaster.submit(step, *snapshot)
                 r0.record(step, every, stats, time.perf_counter() - t0)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 trainer.save(f"{cfg.run_dir}/checkpoint-{step}", tokenizer, {"step": step, "model": cfg.model})
@@ -177,4 +182,8 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
     finally:
         if r0:
             r0.close(graceful)
+        # Tear the training group down before the interpreter exits: a process group's
+        # threads still alive at exit abort the process ("terminate called without an
+        # active exception"), which failed a rank now and then.
+        dist.destroy_process_group()
     log.info("learner rank %d finished after %d steps", rank, step)

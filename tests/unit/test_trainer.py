@@ -57,12 +57,16 @@ def test_step_trains_with_each_objective(tiny, algo):
                                      "algo.algorithm": algo, "algo.kl_coef": 0.1 if algo != "flowrl" else 0.0})
     tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
     before = {n: p.detach().clone() for n, p in tr.module.named_parameters()}
-    stats = tr.step(_groups(tiny))
+    stats = tr.step(_groups(tiny), version=0)
     assert np.isfinite(stats["loss"])
+    # every sample was made with these exact weights (version 0): the engine and learner agree
+    assert stats["behaviour_logp_abs_diff"] < 1e-5 and abs(stats["behaviour_mismatch_kl"]) < 1e-6
     moved = {n for n, p in tr.module.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("policy.") for n in moved)
     assert any(n.startswith("log_z.") for n in moved) == (algo == "flowrl")
-    names = [n for n, _ in tr.snapshot()]
+    named, ready = tr.snapshot()
+    assert ready is None  # an event only on CUDA
+    names = [n for n, _ in named]
     assert names and not any("log_z" in n for n in names)
     if algo == "flowrl":
         assert 0.99 < stats["is_weight_mean"] < 1.01  # on-policy groups: w = 1
@@ -77,3 +81,16 @@ def test_log_z_gradient_reaches_the_llm(tiny):
     log_z.sum().backward()
     emb = tr.module.policy.get_input_embeddings().weight
     assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_mismatch_is_measured_only_on_samples_of_the_current_weights(tiny):
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    groups = _groups(tiny)
+    for c in groups[1].completions:  # as if an engine recorded log-probs 0.5 too high
+        c.logprobs = np.minimum(c.logprobs + 0.5, 0.0)
+    stats = tr.step(groups, version=0)
+    assert 0.1 < stats["behaviour_logp_abs_diff"] <= 0.5 / 2 + 1e-6  # half the tokens are off by <= 0.5
+    assert stats["behaviour_mismatch_kl"] > 0.01
+    stale = tr.step(_groups(tiny), version=1)  # samples of version 0 say nothing about version 1
+    assert stale["behaviour_logp_abs_diff"] is None and stale["behaviour_mismatch_kl"] is None
