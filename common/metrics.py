@@ -44,6 +44,26 @@ class LearnerMetrics:
                                    "generated with the learner's current weights (NaN when there were none)", registry=r)
         self.mismatch_kl = Gauge("flowrl_learner_behaviour_mismatch_kl",
                                  "k3 estimate of KL(behaviour || learner) per token over the same samples", registry=r)
+        # Why a step did or did not move the policy (issue 12): the gradient before the clip,
+        # the step size, FlowRL's balance terms and the groups that carry no signal.
+        self.grad_norm = Gauge("flowrl_learner_grad_norm", "Global gradient 2-norm of the last step, before clipping",
+                               registry=r)
+        self.grad_clipped = Gauge("flowrl_learner_grad_clipped",
+                                  "1 when the last step's gradient norm was above grad_clip (and was scaled down)",
+                                  registry=r)
+        self.grad_clipped_steps = Counter("flowrl_learner_grad_clipped_steps_total",
+                                          "Steps whose gradient was scaled down by the clip", registry=r)
+        self.lr = Gauge("flowrl_learner_learning_rate", "Learning rate of the policy's parameter group", registry=r)
+        self.delta_mean = Gauge("flowrl_learner_delta_mean", "FlowRL: mean of delta over the last batch", registry=r)
+        self.delta_std = Gauge("flowrl_learner_delta_std", "FlowRL: standard deviation of delta", registry=r)
+        self.log_z_std = Gauge("flowrl_learner_log_z_std", "FlowRL: standard deviation of log Z(x)", registry=r)
+        self.reward_term_mean = Gauge("flowrl_learner_reward_term_mean", "FlowRL: mean of beta * normalised reward",
+                                      registry=r)
+        self.reward_term_std = Gauge("flowrl_learner_reward_term_std",
+                                     "FlowRL: standard deviation of beta * normalised reward", registry=r)
+        self.zero_variance = Gauge("flowrl_learner_zero_variance_group_fraction",
+                                   "Fraction of the last step's groups whose scores were all equal (no signal)",
+                                   registry=r)
 
 
 class HubMetrics:

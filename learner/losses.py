@@ -186,7 +186,8 @@ def flowrl_loss(
 
     Returns (loss, stats); stats are floats: is_weight_mean, is_weight_max,
     is_clip_frac (fraction of sequences whose log-weight lay outside the
-    bounds), delta_mean, delta_sq_mean, log_z_mean, logp_mean (mean of Lθ),
+    bounds), delta_mean, delta_sq_mean, log_z_mean, log_z_sq_mean,
+    reward_term_mean and reward_term_sq_mean (of beta * reward), logp_mean (mean of Lθ),
     ref_logp_mean (mean of Lref, 0 when use_ref=False), log_ratio_mean (mean
     summed log-ratio before clipping), reward_mean, response_len_mean.
     """
@@ -240,6 +241,11 @@ def flowrl_loss(
             "delta_mean": _f(delta.mean()),
             "delta_sq_mean": _f(delta.square().mean()),
             "log_z_mean": _f(log_z.mean()),
+            "log_z_sq_mean": _f(log_z.square().mean()),
+            # β·r̂, the term log Z and the log-ratio must balance: with δ² of 100+ it
+            # is what dominates the loss and the gradient norm
+            "reward_term_mean": _f((beta * r).mean()),
+            "reward_term_sq_mean": _f((beta * r).square().mean()),
             "logp_mean": _f(l_theta.mean()),
             "ref_logp_mean": _f(l_ref.mean()),
             "log_ratio_mean": _f(log_ratio.mean()),

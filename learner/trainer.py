@@ -16,7 +16,7 @@ from common.models import load_model
 from learner.algorithms import build_objective
 from learner.buffer import Group
 from learner.config import LearnerConfig
-from learner.diagnostics import behaviour_mismatch
+from learner.diagnostics import behaviour_mismatch, global_norm, spreads, was_clipped, zero_variance_fraction
 from learner.model import Batch, PolicyWithLogZ, reference_logprobs
 
 
@@ -151,9 +151,20 @@ class Trainer:
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
                 means[key] = means.get(key, 0.0) + weight * float(v)
+        # Stage 0 keeps the reduced, unclipped gradients in .grad until step() clips them;
+        # ZeRO's optimizers partition them and report the norm themselves after step().
+        norm = global_norm(p.grad for p in self.engine.module.parameters())
         self.engine.step()
+        engine_norm = self.engine.get_global_grad_norm()
+        norm = float(engine_norm) if engine_norm is not None else norm
+        means["grad_norm"] = norm
+        means["grad_clipped"] = float(was_clipped(norm, self.cfg.grad_clip))
+        means["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
         means["score_mean"] = float(full.scores.mean())
-        return self._all_reduce(means, sums, float(full.mask.sum()))
+        means["zero_variance_groups"] = zero_variance_fraction(full.scores, full.group_ids)
+        out = self._all_reduce(means, sums, float(full.mask.sum()))
+        out.update(spreads(out))
+        return out
 
     def _all_reduce(self, means: dict, sums: torch.Tensor, tokens: float) -> dict:
         """Means over ranks for ``means``; the mismatch sums and token counts add up."""

@@ -127,6 +127,10 @@ def test_flowrl_hand_value_and_stats():
     assert st["logp_mean"] == pytest.approx(((-3.5 / 3) + (-0.5)) / 2)
     assert st["ref_logp_mean"] == pytest.approx(((-4.0 / 3) + (-0.4)) / 2)
     assert st["log_ratio_mean"] == pytest.approx((0.2 - 0.2) / 2, abs=1e-12)
+    assert st["delta_sq_mean"] == pytest.approx((d0 * d0 + d1 * d1) / 2)
+    assert st["log_z_sq_mean"] == pytest.approx((0.5 ** 2 + 0.2 ** 2) / 2)
+    assert st["reward_term_mean"] == pytest.approx(BETA * (REW[0] + REW[1]) / 2)
+    assert st["reward_term_sq_mean"] == pytest.approx(BETA ** 2 * (REW[0] ** 2 + REW[1] ** 2) / 2)
     assert all(isinstance(v, float) for v in st.values())
 
 

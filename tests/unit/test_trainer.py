@@ -1,6 +1,7 @@
 """The training step through DeepSpeed (one CPU rank over gloo) with each
 objective: parameters move, the loss is finite, the log Z head trains only
 under FlowRL and is never part of what actors receive."""
+import math
 import os
 
 import numpy as np
@@ -94,3 +95,29 @@ def test_mismatch_is_measured_only_on_samples_of_the_current_weights(tiny):
     assert stats["behaviour_mismatch_kl"] > 0.01
     stale = tr.step(_groups(tiny), version=1)  # samples of version 0 say nothing about version 1
     assert stale["behaviour_logp_abs_diff"] is None and stale["behaviour_mismatch_kl"] is None
+
+
+def test_step_reports_gradient_lr_and_flowrl_diagnostics(tiny):
+    """Issue 12: every step says how big the gradient was before the clip, whether the clip
+    bound, the learning rate, FlowRL's terms and how many groups carried no signal."""
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 3e-4,
+                                     "grad_clip": 1e-6})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    groups = _groups(tiny)
+    for c in groups[1].completions:  # one group with equal scores: no signal
+        c.score = 1.0
+    stats = tr.step(groups, version=0)
+    keys = ("grad_norm", "grad_clipped", "lr", "zero_variance_groups", "delta_mean", "delta_std", "log_z_mean",
+            "log_z_std", "reward_term_mean", "reward_term_std")
+    assert all(np.isfinite(stats[k]) for k in keys), {k: stats.get(k) for k in keys}
+    # the norm before the clip: after it, it would be at most 1e-6
+    assert stats["grad_norm"] > 1e-6 and stats["grad_clipped"] == 1.0
+    assert stats["lr"] == 3e-4
+    assert stats["zero_variance_groups"] == 0.5
+    # group 0 has scores 0, 1, 0, 1: r̂ = ±0.866, so β·r̂ = ±12.99 with mean 0; group 1's r̂ = 0
+    assert abs(stats["reward_term_mean"]) < 1e-4
+    assert stats["reward_term_std"] == pytest.approx(15 * math.sqrt(3) / 2 / math.sqrt(2), rel=1e-4)
+    assert stats["delta_std"] > 0 and stats["log_z_std"] >= 0
+    relaxed = Trainer(load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "grad_clip": 1e9}),
+                      0, 1, torch.device("cpu"), pad_id=0).step(_groups(tiny), version=0)
+    assert relaxed["grad_clipped"] == 0.0 and 0 < relaxed["grad_norm"] < 1e9
