@@ -1,7 +1,8 @@
 """Prompt datasets shared by the learner (which leases them) and evaluation.
 
 Built-in tasks are procedural, seeded and have exact answers, so nothing is
-downloaded: ``arithmetic`` (a op b, answer an integer). A ``.jsonl`` path loads
+downloaded: ``arithmetic`` (a op b, answer an integer; ``arithmetic_small``
+with operands up to 10). A ``.jsonl`` path loads
 records ``{"prompt": str, "answer": str, "kind": "math"}`` (kind optional,
 default "math"; "code" records carry JSON tests in "answer").
 """
@@ -33,7 +34,36 @@ def arithmetic(n: int, seed: int, max_operand: int = 20) -> list[TaskItem]:
     return items
 
 
-BUILTIN = {"arithmetic": arithmetic}
+def arithmetic_small(n: int, seed: int) -> list[TaskItem]:
+    """``arithmetic`` with operands up to 10 (363 distinct problems): the demo's task, where the
+    135M model is right often enough that most groups hold both right and wrong answers."""
+    return arithmetic(n, seed, max_operand=10)
+
+
+BUILTIN = {"arithmetic": arithmetic, "arithmetic_small": arithmetic_small}
+
+
+def held_out(name: str, *, n: int, seed: int, train_n: int, train_seed: int) -> list[TaskItem]:
+    """``n`` distinct items of built-in task ``name`` that are not among the training prompts
+    (``load_tasks(name, n=train_n, seed=train_seed)``). A small generator repeats itself: 512
+    arithmetic prompts from two seeds share about a third, so a held-out set drawn from another
+    seed alone would partly measure memorised training prompts."""
+    if name not in BUILTIN:
+        raise ValueError(f"held_out: {name!r} is not a built-in task {sorted(BUILTIN)}")
+    seen = {t.prompt for t in load_tasks(name, n=train_n, seed=train_seed)}
+    out: list[TaskItem] = []
+    k = 2 * n
+    while len(out) < n:
+        out = []
+        taken = set(seen)
+        for item in BUILTIN[name](k, seed):
+            if item.prompt not in taken:
+                taken.add(item.prompt)
+                out.append(item)
+        if len(out) < n and k > 64 * (n + train_n):
+            raise ValueError(f"held_out: task {name!r} has fewer than {n} prompts outside the {train_n} trained on")
+        k *= 2
+    return out[:n]
 
 
 def load_tasks(name: str, *, n: int, seed: int) -> list[TaskItem]:

@@ -97,3 +97,16 @@ def test_bad_task_or_checkpoint_is_one_line(tmp_path, capsys):
     assert ev.main(["--checkpoint", "embedded", "--tasks", "no_such_task"]) == 2
     err = capsys.readouterr().err
     assert err.count("learner.eval: error:") == 2
+
+
+def test_mean_and_se_and_paired_gain_by_hand():
+    mean, se = ev.mean_and_se([0.0, 0.5, 1.0, 0.5])
+    assert mean == 0.5 and se == pytest.approx(math.sqrt((0.25 + 0 + 0.25 + 0) / 3 / 4))
+    assert ev.mean_and_se([0.25]) == (0.25, 0.0)
+    # the same prompts before and after: the error is that of the differences (0.25, 0.25, 0.5)
+    gain, gain_se = ev.paired_gain([0.0, 0.5, 0.25], [0.25, 0.75, 0.75])
+    assert gain == pytest.approx(1 / 3) and gain_se == pytest.approx(math.sqrt(((1 / 12) ** 2 * 2 + (1 / 6) ** 2) / 2 / 3))
+    with pytest.raises(ValueError):
+        ev.paired_gain([0.0], [0.0, 1.0])
+    with pytest.raises(ValueError):
+        ev.mean_and_se([])

@@ -98,3 +98,19 @@ def test_local_scorer_routes_choice_without_starting_pools():
     assert scorer.score("choice", [r"\boxed{4}"], [ref]) == [1.0]
     assert scorer._math is None and scorer._code is None  # pure string work
     scorer.close()
+
+
+def test_held_out_prompts_are_distinct_and_never_trained_on():
+    from common.data import held_out, load_tasks
+
+    train = {t.prompt for t in load_tasks("arithmetic", n=512, seed=0)}
+    again = {t.prompt for t in load_tasks("arithmetic", n=512, seed=1)}
+    assert train & again  # why held_out exists: another seed alone repeats training prompts
+    items = held_out("arithmetic", n=200, seed=1, train_n=512, train_seed=0)
+    prompts = [t.prompt for t in items]
+    assert len(prompts) == 200 == len(set(prompts)) and not train & set(prompts)
+    assert items == held_out("arithmetic", n=200, seed=1, train_n=512, train_seed=0)  # reproducible
+    with pytest.raises(ValueError):  # 21 * 21 * 3 = 1323 problems exist; 1000 more cannot be found
+        held_out("arithmetic", n=1000, seed=1, train_n=512, train_seed=0)
+    with pytest.raises(ValueError):
+        held_out("not_a_task", n=1, seed=0, train_n=1, train_seed=0)
