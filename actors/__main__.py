@@ -1,8 +1,9 @@
 """``python -m actors --n N --learner tcp://HOST:5555 [--engine hf|vllm] [--model DIR]``
 
-Starts N actor processes that generate for the learner at ``--learner``.
-Checks the model path and that the learner answers before starting them, so
-that a typo or a dead address is one readable line, not N tracebacks.
+Starts N actor processes that generate for the learner at ``--learner``,
+restarts one that crashes (with backoff) while the others go on, and forwards
+SIGTERM. Checks the model path first, so that a typo is one readable line, not
+N tracebacks; the learner is waited for, whichever starts first.
 """
 from __future__ import annotations
 
@@ -34,56 +35,84 @@ def parse_args(argv=None) -> ActorConfig:
 
 
 def _preflight(cfg: ActorConfig) -> None:
-    import os
-
-    import zmq
-
-    from common import transport
+    """Fail fast, in one line, on what no retry can fix; the learner itself is waited for."""
     from common.keys import load_client
     from common.models import model_source
-    from common.protocol import Error, Heartbeat
 
     model_source(cfg.model)  # raises ModelLoadError with a readable line
-    ctx = zmq.Context()
-    curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
-    sock = transport.dealer(ctx, cfg.learner, f"probe-{os.getpid()}", curve=curve)
-    transport.send(sock, Heartbeat(actor_id="probe", policy_version=0, weight_seq=0))
-    reply = transport.recv(sock, cfg.connect_timeout_s)
-    ctx.destroy(linger=0)
-    if reply is None:
-        raise ConnectionError(f"cannot reach the learner at {cfg.learner} within {cfg.connect_timeout_s:.0f} s")
-    if isinstance(reply, Error):
-        raise ConnectionError(f"learner at {cfg.learner} refused: {reply.reason}: {reply.detail}")
+    if cfg.curve_dir:
+        load_client(cfg.curve_dir)
+
+
+class Launcher:
+    """N actor processes; one that crashes is restarted with backoff while the others go on.
+    An actor that exits 0 is done (the run is over, or it was told to stop)."""
+
+    def __init__(self, cfg: ActorConfig):
+        from actors.actor import run_process
+
+        self.cfg, self.target = cfg, run_process
+        self.ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/zmq state
+        self.procs: dict[int, mp.Process] = {}
+        self.restarts = {i: 0 for i in range(cfg.n)}
+        self.due: dict[int, float] = {}  # index -> when to restart it
+        self.stopping = False
+
+    def start(self, i: int) -> None:
+        p = self.ctx.Process(target=self.target, args=(self.cfg, i), name=f"actor{i}")
+        p.start()
+        self.procs[i] = p
+
+    def run(self) -> int:
+        for i in range(self.cfg.n):
+            self.start(i)
+        while self.procs or self.due:
+            for i, p in list(self.procs.items()):
+                if p.exitcode is None:
+                    continue
+                del self.procs[i]
+                if p.exitcode == 0 or self.stopping:
+                    continue
+                if p.exitcode == 2:  # a known, permanent failure (bad model): restarting cannot help
+                    print(f"actors: actor {i} failed; not restarting it", file=sys.stderr, flush=True)
+                    continue
+                self.restarts[i] += 1
+                delay = min(2.0 ** self.restarts[i], 60.0)
+                print(f"actors: actor {i} died (exit {p.exitcode}); restarting in {delay:.0f} s", file=sys.stderr,
+                      flush=True)
+                self.due[i] = time.monotonic() + delay
+            for i, when in list(self.due.items()):
+                if time.monotonic() >= when and not self.stopping:
+                    del self.due[i]
+                    self.start(i)
+            if self.stopping:
+                self.due.clear()
+            time.sleep(0.2)
+        return 0
+
+    def terminate(self, signum=None, frame=None) -> None:
+        """SIGTERM/SIGINT: each actor hands its leases back and exits 0."""
+        self.stopping = True
+        for p in self.procs.values():
+            if p.exitcode is None:
+                p.terminate()
 
 
 def main(argv=None) -> int:
+    import signal
+
     from common.models import ModelLoadError
 
     try:
         cfg = parse_args(argv)
         _preflight(cfg)
-    except (ConfigError, ModelLoadError, ConnectionError) as e:
+    except (ConfigError, ModelLoadError) as e:
         print(f"actors: error: {e}", file=sys.stderr)
         return 2
-    ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/zmq state
-    from actors.actor import run_process
-
-    procs = [ctx.Process(target=run_process, args=(cfg, i), name=f"actor{i}") for i in range(cfg.n)]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            failed = [p for p in procs if p.exitcode not in (None, 0)]
-            if failed:  # one dead actor takes the launcher down loudly rather than limping on
-                for p in procs:
-                    p.terminate()
-                return failed[0].exitcode if failed[0].exitcode > 0 else 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        return 130
-    return max(p.exitcode for p in procs)
+    launcher = Launcher(cfg)
+    signal.signal(signal.SIGTERM, launcher.terminate)
+    signal.signal(signal.SIGINT, launcher.terminate)
+    return launcher.run()
 
 
 if __name__ == "__main__":

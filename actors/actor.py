@@ -2,15 +2,24 @@
 per prompt, score them, send each group back, and take new weights from the
 learner's broadcast between generation batches.
 
+It outlives the learner. A learner that stops answering (heartbeats every
+idle moment, a reply timeout of ``reply_timeout_s``), restarts, or says it is
+stopping is waited for with backoff; the actor then says hello again and
+carries on. Only the learner's "the run is over" ends it (exit 0), or SIGTERM
+(hands its leases back, exit 0). A scorer failure is retried, then the batch's
+prompts are handed back; the actor lives on.
+
 Started by ``python -m actors`` (actors/__main__.py), one process per actor.
 """
 from __future__ import annotations
 
 import logging
-import sys
 import os
+import signal
 import socket
+import sys
 import time
+import uuid
 
 import numpy as np
 import zmq
@@ -18,15 +27,18 @@ from prometheus_client import CollectorRegistry
 
 from actors.config import ActorConfig
 from actors.engine import build_engine
+from actors.weights import WeightFollower
 from common import transport
 from common.keys import ClientKeys, load_client
 from common.metrics import ActorMetrics, MetricsServer, WeightSyncMetrics
 from common.models import load_tokenizer
-from common.protocol import (Completion, Error, Heartbeat, Hello, Trajectories, VersionAnnounce, Welcome, WeightRef,
-                             Work, WorkRequest)
-from common.weight_sync import WeightGroupSpec
+from common.protocol import (Completion, Error, Heartbeat, Hello, Release, Trajectories, VersionAnnounce, Welcome,
+                             WeightRef, Work, WorkRequest)
 
 log = logging.getLogger("actors")
+
+SCORE_TRIES = 3
+BACKOFF_MAX_S = 30.0
 
 
 class LearnerGone(Exception):
@@ -35,6 +47,10 @@ class LearnerGone(Exception):
 
 class Shutdown(Exception):
     """The learner said the run is over."""
+
+
+class Terminated(Exception):
+    """SIGTERM: hand the leases back and stop."""
 
 
 def _make_scorer(cfg: ActorConfig, curve: ClientKeys | None):
@@ -48,27 +64,31 @@ def _make_scorer(cfg: ActorConfig, curve: ClientKeys | None):
 class Actor:
     def __init__(self, cfg: ActorConfig, index: int):
         self.cfg, self.index = cfg, index
-        self.actor_id = f"{socket.gethostname()}-{os.getpid()}-{index}"
+        # unique per process start: a restarted actor is a new member, never mistaken for the old one
+        self.actor_id = f"{socket.gethostname()}-{os.getpid()}-{index}-{uuid.uuid4().hex[:6]}"
         self.registry = CollectorRegistry()
         self.metrics = ActorMetrics(self.registry)
-        self.sync_metrics = WeightSyncMetrics(self.registry, "actor")
-        # Each pair is one immutable value, replaced whole: the metrics thread (_health) and the
-        # tagging of work never see a seq from one broadcast with the version of another.
-        self.held = WeightRef(seq=0, version=0)
-        """The broadcast whose weights the engine holds, and its policy version (what work is tagged with)."""
-        self.pending = WeightRef(seq=0, version=0)
-        """The newest broadcast the learner announced."""
         port = cfg.metrics_port + index if cfg.metrics_port else 0
         self.server = MetricsServer(self.registry, port, self._health)
         self.ctx = zmq.Context()
         self.curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
-        self.sock = transport.dealer(self.ctx, cfg.learner, self.actor_id, curve=self.curve)
+        self.sock = self.sub = None
+        self.sessions = 0
         device = f"cuda:{index}" if cfg.device == "cuda" else cfg.device
         self.engine = build_engine(cfg, device, seed=cfg.seed + index)
         self.tokenizer = load_tokenizer(cfg.model)  # decodes completions for scoring, whatever the engine
         self.scorer = _make_scorer(cfg, self.curve)
-        self.sub = None
+        # A fresh engine holds the initial weights: policy version 0 of any run.
+        self.weights = WeightFollower(self.engine, self.actor_id, WeightSyncMetrics(self.registry, "actor"),
+                                      held=WeightRef(0, 0))
+        self.pending = WeightRef(seq=0, version=0)
+        """The newest broadcast the learner announced (hub replies, PUB)."""
         self.batches = 0
+
+    @property
+    def held(self) -> WeightRef:
+        """The weights the engine holds; one immutable pair (work is tagged with its version)."""
+        return self.weights.held
 
     def _health(self) -> dict:
         held = self.held  # read once (this runs on the metrics server's thread)
@@ -77,14 +97,14 @@ class Actor:
     # ------------------------------------------------------------ messaging
     def _request(self, msg, timeout_s: float | None = None):
         transport.send(self.sock, msg)
-        reply = transport.recv(self.sock, timeout_s or self.cfg.reply_timeout_s)
+        timeout_s = timeout_s or self.cfg.reply_timeout_s
+        reply = transport.recv(self.sock, timeout_s)
         if reply is None:
-            raise LearnerGone(f"no reply from learner at {self.cfg.learner} within "
-                              f"{timeout_s or self.cfg.reply_timeout_s:.0f} s")
+            raise LearnerGone(f"no reply from the learner at {self.cfg.learner} within {timeout_s:.0f} s")
         if isinstance(reply, Error):
             if reply.reason == "shutdown":
                 raise Shutdown()
-            raise LearnerGone(f"learner refused: {reply.reason}: {reply.detail}")
+            raise LearnerGone(f"learner: {reply.reason}: {reply.detail}")
         if hasattr(reply, "weight_seq"):
             self._note_seq(reply.weight_seq, reply.policy_version)
         return reply
@@ -101,47 +121,61 @@ class Actor:
             if isinstance(msg, VersionAnnounce):
                 self._note_seq(msg.weight_seq, msg.policy_version)
 
-    def _catch_up_weights(self) -> None:
-        # The learner starts broadcast k+1 only after every member finished k, so we
-        # are at most one behind; the loop is for clarity, it runs at most once.
-        while self.held.seq < self.pending.seq:
-            t0 = time.perf_counter()
-            nbytes = self.engine.receive_weights()
-            self.sync_metrics.seconds.observe(time.perf_counter() - t0)
-            self.sync_metrics.bytes.inc(nbytes)
-            self.sync_metrics.count.inc()
-            self.held = held = WeightRef(self.held.seq + 1, self.pending.version)
-            self.metrics.version.set(held.version)
-            log.info("actor %d: weights of policy version %d received (%.2fs)", self.index, held.version,
-                     time.perf_counter() - t0)
+    # ------------------------------------------------------------ sessions
+    def run(self) -> None:
+        """Serve learner sessions until the run is over; a lost learner is waited for."""
+        while True:
+            self.connect()
+            try:
+                self._serve()
+            except LearnerGone as e:
+                self.metrics.reconnects.inc()
+                log.warning("actor %d: %s; reconnecting", self.index, e)
 
-    # ------------------------------------------------------------ main loop
+    def _open(self) -> None:
+        """A fresh DEALER each session: nothing queued for a dead learner is sent to the next one."""
+        for s in (self.sock, self.sub):
+            if s is not None:
+                s.close(linger=0)
+        self.sub = None
+        self.sessions += 1
+        self.sock = transport.dealer(self.ctx, self.cfg.learner, f"{self.actor_id}/{self.sessions}", curve=self.curve)
+
     def connect(self) -> None:
+        """Say hello until the learner answers (start order does not matter), with backoff."""
+        delay, attempt = 1.0, 0
         hello = Hello(actor_id=self.actor_id, engine=self.cfg.engine, model=self.cfg.model, pid=os.getpid())
-        welcome = self._request(hello, self.cfg.connect_timeout_s)
+        while True:
+            attempt += 1
+            self._open()
+            try:
+                welcome = self._request(hello, self.cfg.connect_timeout_s)
+                break
+            except LearnerGone as e:
+                log.info("actor %d: waiting for the learner at %s (attempt %d): %s", self.index, self.cfg.learner,
+                         attempt, e)
+            time.sleep(delay)
+            delay = min(2 * delay, BACKOFF_MAX_S)
         if not isinstance(welcome, Welcome):
             raise LearnerGone(f"expected welcome, got {type(welcome).__name__}")
-        self.held = self.pending = WeightRef(welcome.weight_seq, welcome.policy_version)
-        self.metrics.version.set(welcome.policy_version)
+        self.pending = WeightRef(welcome.weight_seq, welcome.policy_version)
+        self.weights.attach(welcome.weight_group, welcome.manifest)
         self.sub = transport.subscriber(self.ctx, welcome.pub_endpoint, curve=self.curve)
-        if welcome.weight_group is not None:
-            self.engine.join_weight_group(WeightGroupSpec(**welcome.weight_group), welcome.manifest)
-        else:
-            log.warning("actor %d: the learner's broadcast group is full; this actor keeps its weights", self.index)
+        log.info("actor %d: joined run %s as %s", self.index, welcome.run_id, self.actor_id)
 
-    def run(self) -> None:
-        self.connect()
+    def _serve(self) -> None:
         while True:
             self._poll_announcements()
-            self._catch_up_weights()
-            work = self._request(WorkRequest(self.actor_id, self.cfg.prompts_per_batch, self.held.version))
+            self.weights.sync()
+            held = self.held
+            self.metrics.version.set(held.version)
+            work = self._request(WorkRequest(self.actor_id, self.cfg.prompts_per_batch, held.version))
             if not isinstance(work, Work):
                 raise LearnerGone(f"expected work, got {type(work).__name__}")
             if not work.prompts:
                 self._idle(work.retry_after_s)
                 continue
-            self._catch_up_weights()  # the lease reply may say a broadcast has started
-            self._do(work)
+            self._do(work, held)
 
     def _idle(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -153,8 +187,9 @@ class Actor:
         held = self.held
         self._request(Heartbeat(self.actor_id, held.version, held.seq))
 
-    def _do(self, work: Work) -> None:
-        held = self.held  # the weights this batch is generated with: its completions carry this version
+    # ------------------------------------------------------------ one batch
+    def _do(self, work: Work, held: WeightRef) -> None:
+        """Generate with the weights ``held`` names (its version tags every completion)."""
         t0 = time.perf_counter()
         groups = self.engine.generate([p.tokens for p in work.prompts], work.sampling,
                                       seed=self.cfg.seed + 1000 * self.index + self.batches)
@@ -167,8 +202,11 @@ class Actor:
         t1 = time.perf_counter()
         texts = [self.tokenizer.decode(s.tokens, skip_special_tokens=True) for g in groups for s in g]
         refs = [p.reference for p, g in zip(work.prompts, groups) for _ in g]
-        kinds = {p.kind for p in work.prompts}
-        scores = self._score(kinds, [p.kind for p, g in zip(work.prompts, groups) for _ in g], texts, refs)
+        kinds = [p.kind for p, g in zip(work.prompts, groups) for _ in g]
+        scores = self._score(kinds, texts, refs)
+        if scores is None:  # the scorer kept failing: the prompts go back to the queue now
+            self._request(Release(self.actor_id, [work.lease_id], False))
+            return
         score_s = time.perf_counter() - t1
         self.metrics.score_seconds.observe(score_s)
         self.metrics.score.set(float(np.mean(scores)))
@@ -186,20 +224,57 @@ class Actor:
             else:
                 self.metrics.rejected.labels(ack.reason).inc()
 
-    def _score(self, kinds: set, per_item_kinds: list, texts: list, refs: list) -> list[float]:
-        if len(kinds) == 1:
-            return self.scorer.score(kinds.pop(), texts, refs)
-        return [self.scorer.score(k, [t], [r])[0] for k, t, r in zip(per_item_kinds, texts, refs)]
+    def _score(self, kinds: list, texts: list, refs: list) -> list[float] | None:
+        """Scores, retried on a scorer failure; None when every try failed."""
+        from reward_sandbox.client import RemoteScoringError
+
+        for attempt in range(1, SCORE_TRIES + 1):
+            try:
+                if len(set(kinds)) == 1:
+                    return self.scorer.score(kinds[0], texts, refs)
+                return [self.scorer.score(k, [t], [r])[0] for k, t, r in zip(kinds, texts, refs)]
+            except (TimeoutError, RemoteScoringError) as e:
+                self.metrics.score_failures.inc()
+                log.warning("actor %d: scoring failed (try %d of %d): %s", self.index, attempt, SCORE_TRIES, e)
+                time.sleep(min(2.0 ** attempt, BACKOFF_MAX_S))
+        return None
+
+    def leave(self) -> None:
+        """Hand every lease back and give up the seat (SIGTERM); a learner that does not
+        answer in time re-queues them at their deadline anyway."""
+        if self.sock is None:
+            return
+        try:
+            self._request(Release(self.actor_id, [], True), timeout_s=5.0)
+        except (LearnerGone, Shutdown):
+            pass  # nothing to hand back to: the learner is gone or the run is over
 
     def close(self) -> None:
+        self.weights.leave()
         self.engine.close()
         self.scorer.close()
         self.server.close()
         self.ctx.destroy(linger=0)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its launcher dies, even by kill -9, so no orphan
+    actor keeps a seat and a GPU."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run_process(cfg: ActorConfig, index: int) -> None:
-    """Entry of one spawned actor process; exits 0 on shutdown, 2 with one line on a known failure."""
+    """Entry of one spawned actor process: exits 0 when the run is over or on SIGTERM,
+    2 with one line on a known failure (bad model)."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s actor{index} %(levelname)s %(message)s")
     import torch
 
@@ -215,7 +290,12 @@ def run_process(cfg: ActorConfig, index: int) -> None:
         # one write, so that lines of actors sharing a log file never interleave
         sys.stdout.write(f"actor {index}: learner finished; exiting at policy version {actor.held.version}\n")
         sys.stdout.flush()
-    except (LearnerGone, ModelLoadError) as e:
+    except Terminated:
+        if actor is not None:
+            actor.leave()
+        sys.stdout.write(f"actor {index}: SIGTERM; leases handed back, exiting\n")
+        sys.stdout.flush()
+    except ModelLoadError as e:
         print(f"actor {index}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:

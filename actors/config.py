@@ -35,10 +35,12 @@ class ActorConfig:
     """Actor i serves /metrics and /health on metrics_port + i; 0 picks free ports."""
     reward_endpoint: str = ""
     """ZeroMQ endpoint of a reward_sandbox service; empty: score in this process's local sandbox."""
-    connect_timeout_s: float = 60.0
-    """How long to wait for the learner's first reply before giving up."""
-    reply_timeout_s: float = 600.0
-    """How long to wait for any later reply before concluding the learner is gone."""
+    connect_timeout_s: float = 10.0
+    """How long one hello waits for the learner's answer; hellos are repeated with backoff
+    until the learner answers (the launcher's preflight gives up after this once)."""
+    reply_timeout_s: float = 30.0
+    """A learner that does not answer a request within this is taken as gone: the actor
+    reconnects (and notices a dead or restarted learner within about this long)."""
     seed: int = 0
     """Base seed; actor i samples from seed + 1000 * i + batch index."""
     torch_threads: int = 0

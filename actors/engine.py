@@ -34,6 +34,9 @@ class Engine(Protocol):
         """Join the learner's broadcast group (blocks until every member has joined);
         the member posts the GPU it holds the weights on, so the learner can pick the backend."""
 
+    def leave_weight_group(self) -> None:
+        """Leave the current group (it is re-formed when membership changes)."""
+
     def receive_weights(self) -> int:
         """Take part in one broadcast from learner rank 0 and load the weights; returns bytes."""
 

@@ -69,6 +69,11 @@ class HFEngine:
         self.manifest = manifest
         self.group = WeightGroup(spec, device=self.device)
 
+    def leave_weight_group(self) -> None:
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+
     @torch.no_grad()
     def receive_weights(self) -> int:
         params = dict(self.model.named_parameters())
@@ -79,5 +84,4 @@ class HFEngine:
         return received
 
     def close(self) -> None:
-        if self.group is not None:
-            self.group.close()
+        self.leave_weight_group()

@@ -161,6 +161,11 @@ class VLLMEngine:
         _single(self._llm.collective_rpc("join_weight_group", args=(spec.as_dict(), manifest)))
         self._joined = True
 
+    def leave_weight_group(self) -> None:
+        if self._joined:
+            self._joined = False
+            _single(self._llm.collective_rpc("close_weight_group"))
+
     def receive_weights(self) -> int:
         if not self._joined:
             raise RuntimeError("receive_weights called before join_weight_group")

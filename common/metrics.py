@@ -39,6 +39,10 @@ class LearnerMetrics:
         self.distinct_2 = Gauge("flowrl_learner_distinct_2", "Distinct bigrams / bigrams within groups, batch mean", registry=r)
         self.wait_seconds = Histogram("flowrl_learner_batch_wait_seconds", "Time waiting for the buffer to fill a batch",
                                       buckets=_STEP_BUCKETS, registry=r)
+        self.resumes = Counter("flowrl_learner_resumes_total", "Times this process resumed from a checkpoint",
+                               registry=r)
+        self.resumed_from = Gauge("flowrl_learner_resumed_from_step", "Step of the checkpoint resumed from (0: fresh)",
+                                  registry=r)
         self.logp_abs_diff = Gauge("flowrl_learner_behaviour_logp_abs_diff",
                                    "Mean |log p engine - log p learner| per token, over the last step's samples "
                                    "generated with the learner's current weights (NaN when there were none)", registry=r)
@@ -69,6 +73,13 @@ class LearnerMetrics:
 class HubMetrics:
     def __init__(self, r: CollectorRegistry):
         self.actors = Gauge("flowrl_hub_connected_actors", "Actors heard from within the heartbeat timeout", registry=r)
+        self.members = Gauge("flowrl_hub_members", "Actors holding a seat in the run (weight group members)", registry=r)
+        self.joins = Counter("flowrl_hub_joins_total", "Actors that took a seat (new or restarted)", registry=r)
+        self.evictions = Counter("flowrl_hub_evictions_total", "Actors removed from the run", ["reason"], registry=r)
+        self.leaves = Counter("flowrl_hub_leaves_total", "Actors that left on their own (SIGTERM)", registry=r)
+        self.released = Counter("flowrl_hub_prompts_released_total",
+                                "Leased prompts handed back early (evicted or leaving actor, scorer failure)",
+                                registry=r)
         self.expected_actors = Gauge("flowrl_hub_expected_actors",
                                      "Actors the run is sized for (learner config actors); alerts compare", registry=r)
         self.leases = Gauge("flowrl_hub_leases_outstanding", "Prompts leased and not yet returned", registry=r)
@@ -91,6 +102,10 @@ class ActorMetrics:
         self.score_seconds = Histogram("flowrl_actor_score_duration_seconds", "Wall time scoring one batch",
                                        buckets=_STEP_BUCKETS, registry=r)
         self.score = Gauge("flowrl_actor_score_mean", "Mean score of the last batch", registry=r)
+        self.reconnects = Counter("flowrl_actor_reconnects_total",
+                                  "Times the learner was lost (dead, restarted, stopping) and hello was said again",
+                                  registry=r)
+        self.score_failures = Counter("flowrl_actor_score_failures_total", "Scoring attempts that failed", registry=r)
 
 
 class WeightSyncMetrics:
@@ -99,6 +114,9 @@ class WeightSyncMetrics:
                                  ["role"], buckets=_STEP_BUCKETS, registry=r).labels(role)
         self.bytes = Counter("flowrl_weightsync_bytes_total", "Bytes broadcast or received", ["role"], registry=r).labels(role)
         self.count = Counter("flowrl_weightsync_broadcasts_total", "Weight broadcasts completed", ["role"], registry=r).labels(role)
+        self.generations = Counter("flowrl_weightsync_generations_total",
+                                   "Times the broadcast group was formed anew (membership changed)", ["role"],
+                                   registry=r).labels(role)
 
 
 class MetricsServer:

@@ -101,8 +101,9 @@ class Welcome:
     """Number of weight broadcasts started so far; the actor joins the group at this count."""
     pub_endpoint: str
     weight_group: dict | None
-    """{host, port, world_size, rank, backend, timeout_s}; None: this actor is not in the
-    broadcast group (group full) and keeps the initial weights, so its work goes stale."""
+    """{host, port, backend, timeout_s}: the weight broadcast's rendezvous store, where the
+    learner posts each group generation's members and broadcasts (common/weight_sync.py);
+    None: the learner has no broadcast (no actor takes weights)."""
     manifest: list
     """[[name, shape, dtype], ...] in broadcast order; empty when weight_group is None."""
 
@@ -181,6 +182,24 @@ class Heartbeat:
 
 
 @dataclass
+class Release:
+    """An actor hands prompts back unfinished: they are re-queued at once, not at the
+    lease deadline (a scorer that keeps failing, an actor told to stop)."""
+
+    TYPE: ClassVar[str] = "release"
+    actor_id: str
+    lease_ids: list
+    """Leases to hand back whole; empty: every lease this actor holds."""
+    leaving: bool
+    """The actor stops: it also leaves the weight group and its seat is freed."""
+
+    def __post_init__(self):
+        if len(self.lease_ids) > DEFAULT_LIMITS.max_seqs_per_message or \
+                not all(type(x) is int and x >= 0 for x in self.lease_ids):
+            raise ProtocolError("bad_field", "release.lease_ids must be a short list of lease ids")
+
+
+@dataclass
 class VersionAnnounce:
     TYPE: ClassVar[str] = "version"
     policy_version: int
@@ -192,6 +211,9 @@ class VersionAnnounce:
 class Error:
     TYPE: ClassVar[str] = "error"
     reason: str
+    """"shutdown": the run is over, exit; "stopping": the learner is going away and will be
+    back (preemption, restart): hand work back and reconnect; "unknown_actor": say hello
+    again (a restarted learner); "full": every seat is taken, retry later."""
     detail: str
 
 
@@ -235,6 +257,7 @@ _SIMPLE: dict[str, tuple[type, dict[str, tuple]]] = {
     "ack": (Ack, {"lease_id": (int,), "prompt_id": (int,), "accepted": (bool,), "reason": (str,)}),
     "heartbeat": (Heartbeat, {"actor_id": (str,), "policy_version": (int,), "weight_seq": (int,)}),
     "version": (VersionAnnounce, {"policy_version": (int,), "weight_seq": (int,)}),
+    "release": (Release, {"actor_id": (str,), "lease_ids": (list,), "leaving": (bool,)}),
     "error": (Error, {"reason": (str,), "detail": (str,)}),
 }
 FINISH_REASONS = ("stop", "length")

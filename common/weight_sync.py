@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Iterable, Iterator
 
@@ -47,12 +47,17 @@ class WeightGroupSpec:
     backend: str
     """"nccl", "gloo" or "auto" (rank 0 decides and publishes it in the rendezvous store)."""
     timeout_s: float = 600.0
+    """Bound on forming the group and on each broadcast: a member that is not there in
+    time fails it (and is then evicted by the learner), nobody waits longer."""
+    generation: int = 0
+    """Which formation of the group this is; the group is formed anew whenever its
+    membership changes (Rendezvous), under its own keys in the one store."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def for_rank(self, rank: int) -> "WeightGroupSpec":
-        return WeightGroupSpec(self.host, self.port, self.world_size, rank, self.backend, self.timeout_s)
+        return replace(self, rank=rank)
 
 
 def gpu_uuid(device: torch.device | str | None) -> str | None:
@@ -114,6 +119,71 @@ def _nccl_env():
                 os.environ[k] = v
 
 
+class MembersMissing(RuntimeError):
+    """Members of a group generation did not take part in time; ``ranks`` names them."""
+
+    def __init__(self, ranks: list[int], message: str):
+        super().__init__(message)
+        self.ranks = ranks
+
+
+def open_store(host: str, port: int, timeout_s: float, master: bool) -> dist.TCPStore:
+    """The rendezvous store: the learner serves it (``master``) for the whole run, members connect."""
+    return dist.TCPStore(host, port, is_master=master, timeout=timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+class Rendezvous:
+    """Who is in the weight group and what it broadcast, in the store (learner writes, actors read).
+
+    Keys: ``current`` = the newest generation g; ``gen/g/members`` = JSON list of actor ids
+    (rank = index + 1); ``gen/g/count`` = broadcasts made on g; ``gen/g/b/k`` = "seq version"
+    of broadcast k (1-based) on g; ``gen/g/done/k/rank`` = that rank loaded broadcast k.
+    Members act on these at their own pace (between generation batches); the collective
+    then blocks only until everyone named has arrived, bounded by the group's timeout.
+    """
+
+    def __init__(self, store: dist.Store):
+        self.store = store
+
+    # learner side
+    def publish_generation(self, generation: int, members: list[str]) -> None:
+        import json
+        self.store.set(f"gen/{generation}/members", json.dumps(members))
+        self.store.set("current", str(generation))
+
+    def publish_broadcast(self, generation: int, k: int, seq: int, version: int) -> None:
+        self.store.set(f"gen/{generation}/b/{k}", f"{seq} {version}")
+        self.store.add(f"gen/{generation}/count", 1)
+
+    def missing_done(self, generation: int, k: int, world_size: int, wait_s: float) -> list[int]:
+        """Ranks that have not confirmed broadcast k after waiting up to ``wait_s``."""
+        keys = [f"gen/{generation}/done/{k}/{r}" for r in range(1, world_size)]
+        try:
+            self.store.wait(keys, timedelta(seconds=wait_s))
+        except dist.DistStoreError:
+            pass  # a timeout here is the answer: the keys still missing name the failed ranks
+        return [r for r, key in enumerate(keys, 1) if not self.store.check([key])]
+
+    # member side
+    def current(self) -> int | None:
+        return int(self.store.get("current")) if self.store.check(["current"]) else None
+
+    def members(self, generation: int) -> list[str]:
+        import json
+        return json.loads(self.store.get(f"gen/{generation}/members"))
+
+    def count(self, generation: int) -> int:
+        return self.store.add(f"gen/{generation}/count", 0)
+
+    def broadcast_info(self, generation: int, k: int) -> tuple[int, int]:
+        seq, version = self.store.get(f"gen/{generation}/b/{k}").split()
+        return int(seq), int(version)
+
+    def confirm(self, generation: int, k: int, rank: int) -> None:
+        self.store.set(f"gen/{generation}/done/{k}/{rank}", "1")
+
+
 class WeightGroup:
     """One member of the broadcast group. Construction blocks until all ranks have joined.
 
@@ -121,12 +191,14 @@ class WeightGroup:
     with gloo they travel through host memory whatever ``device`` is.
     """
 
-    def __init__(self, spec: WeightGroupSpec, device: torch.device | str = "cpu"):
+    def __init__(self, spec: WeightGroupSpec, device: torch.device | str = "cpu", store: dist.Store | None = None):
+        """``store``: the rendezvous store (the learner passes the server it keeps for the
+        whole run); None connects to the one at spec.host:port."""
         self.spec = spec
         timeout = timedelta(seconds=spec.timeout_s)
-        store = dist.TCPStore(spec.host, spec.port, spec.world_size, is_master=spec.rank == 0,
-                              timeout=timeout, wait_for_workers=False)
-        store = dist.PrefixStore("flowrl-weights", store)
+        if store is None:
+            store = open_store(spec.host, spec.port, spec.timeout_s, master=spec.rank == 0)
+        store = dist.PrefixStore(f"gen/{spec.generation}", store)
         self.backend = backend = self._agree_backend(store, spec, gpu_uuid(device))
         self.device = torch.device(device) if backend == "nccl" else torch.device("cpu")
         if backend == "nccl":
@@ -154,7 +226,13 @@ class WeightGroup:
         store.set(f"gpu/{spec.rank}", mine or "")
         if spec.rank == 0:
             keys = [f"gpu/{r}" for r in range(1, spec.world_size)]
-            store.wait(keys)
+            try:
+                store.wait(keys, timedelta(seconds=spec.timeout_s))
+            except dist.DistStoreError as e:  # a timeout: someone never came
+                missing = [r for r, k in enumerate(keys, 1) if not store.check([k])]
+                store.set(_BACKEND_KEY, f"error:members {missing} did not join in time")
+                raise MembersMissing(missing, f"weight group generation {spec.generation}: ranks {missing} "
+                                              f"did not join within {spec.timeout_s:.0f} s") from e
             members = [store.get(k).decode() or None for k in keys]
             try:
                 backend = resolve_backend(spec.backend, mine, members)

@@ -20,7 +20,8 @@ from common.config import ConfigError, build, load, parse_override
 from learner.config import LearnerConfig
 
 _FLAGS = {"model": str, "max_steps": int, "metrics_port": int, "actors": int, "bind": str, "run_dir": str,
-          "tasks": str, "weight_port": int, "pub_bind": str, "curve_dir": str}
+          "tasks": str, "weight_port": int, "pub_bind": str, "curve_dir": str, "resume": str,
+          "checkpoint_every": int, "min_actors": int}
 
 
 def parse_args(argv=None) -> tuple[LearnerConfig, int]:
@@ -51,7 +52,10 @@ def _free_port() -> int:
 
 
 def launch(cfg: LearnerConfig, world: int) -> int:
-    """One subprocess per rank; the first to fail takes the others down."""
+    """One subprocess per rank; the first to fail takes the others down. SIGTERM is passed
+    on to every rank: rank 0 then stops all of them after the step in progress."""
+    import signal
+
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
     blob = json.dumps(dataclasses.asdict(cfg))
     procs = []
@@ -59,6 +63,12 @@ def launch(cfg: LearnerConfig, world: int) -> int:
         e = dict(env, RANK=str(r), LOCAL_RANK=str(r))
         procs.append(subprocess.Popen([sys.executable, "-m", "learner", "--gpus", str(world),
                                        "--config-json", blob], env=e))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, forward)
     try:
         while True:
             codes = [p.poll() for p in procs]

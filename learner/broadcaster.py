@@ -1,18 +1,26 @@
-"""Weight broadcaster of learner rank 0: owns the PUB socket and the broadcast
-group (common/weight_sync.py), and sends each new policy to the actors in a
-background thread so that training does not wait for actors to reach a
-generation boundary.
+"""Weight broadcaster of learner rank 0: owns the PUB socket, the broadcast's
+rendezvous store and the broadcast group (common/weight_sync.py), and sends
+each new policy to the actors in a background thread so that training does
+not wait for actors to reach a generation boundary.
 
-Snapshots coalesce: if the trainer produces versions faster than actors take
-them, only the newest pending one is sent. Broadcast k+1 starts only after
-every actor took part in broadcast k. A failure (an actor gone mid-broadcast,
-a timeout) is re-raised in the trainer by ``check()``.
+Membership is elastic. The group is formed anew (a new generation in the
+rendezvous store) whenever the hub's members differ from the group's: an
+actor joined, left or was evicted. A new generation with non-initial weights
+first gets the newest snapshot, so a newcomer or a restarted actor holds the
+current weights before the hub leases it work. A member that does not join a
+generation, or does not confirm a broadcast, within the group's timeout is
+evicted and the rest go on; nothing waits on a dead peer longer than that.
+
+Snapshots coalesce: only the newest pending one is sent. The broadcaster
+keeps the newest snapshot for later generations. An unexpected failure of
+the thread itself is re-raised in the trainer by ``check()``.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Callable
 
 import torch
 import zmq
@@ -21,7 +29,7 @@ from common import transport
 from common.keys import load_server
 from common.metrics import WeightSyncMetrics
 from common.protocol import Error, VersionAnnounce, WeightRef
-from common.weight_sync import WeightGroup, WeightGroupSpec
+from common.weight_sync import MembersMissing, Rendezvous, WeightGroup, WeightGroupSpec, open_store
 from learner.hub import RunState
 
 log = logging.getLogger("learner.broadcast")
@@ -29,23 +37,36 @@ log = logging.getLogger("learner.broadcast")
 
 class Broadcaster(threading.Thread):
     def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, device: torch.device,
-                 state: RunState, metrics: WeightSyncMetrics, curve_dir: str = ""):
+                 state: RunState, metrics: WeightSyncMetrics, curve_dir: str = "",
+                 members: Callable[[], tuple[str, ...]] = tuple,
+                 evict: Callable[[list[str], str], None] = lambda ids, reason: None):
+        """``spec``: where the rendezvous store listens (rank 0's fields); None: no actor takes
+        weights, versions are only announced. ``members`` / ``evict``: the hub's seat list."""
         super().__init__(name="broadcaster", daemon=True)
         self.spec, self.state, self.metrics = spec, state, metrics
+        self.members, self.evict = members, evict
         self.ctx = zmq.Context()
         keys = load_server(curve_dir) if curve_dir else None
         # ZAP is per context and must answer before the first subscriber connects
         self.auth = transport.start_authenticator(self.ctx, keys) if keys is not None else None
         self.pub = transport.publisher(self.ctx, pub_bind, curve=keys)
         state.pub_endpoint = transport.bound_endpoint(self.pub, advertise_host)
+        self.store = open_store(spec.host, spec.port, spec.timeout_s, master=True) if spec is not None else None
+        self.rdv = Rendezvous(self.store) if self.store is not None else None
         self._cond = threading.Condition()
         self.device = device
         """The trainer's device: snapshots live there and an NCCL group sends from it."""
         self._pending: tuple[int, list, torch.cuda.Event | None] | None = None
-        self._busy = False
+        self._latest: tuple[int, list, torch.cuda.Event | None] | None = None
+        """The newest snapshot, kept for groups formed later (newcomers, restarted actors)."""
         self._stopping = False
         self.error: BaseException | None = None
         self.last_seconds = 0.0
+        self.generation = 0
+        self._group: WeightGroup | None = None
+        self._group_members: tuple[str, ...] = ()
+        self._sent_on_group = 0  # broadcasts made on the current generation
+        self._group_version = 0  # policy version the current generation's members hold
 
     def submit(self, version: int, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None") -> None:
         """Queue ``named`` (already a snapshot the trainer will not modify) for broadcast."""
@@ -55,40 +76,95 @@ class Broadcaster(threading.Thread):
 
     def run(self) -> None:
         try:
-            group = None
-            if self.spec is not None and self.spec.world_size > 1:
-                log.info("forming weight group: waiting for %d actor(s)", self.spec.world_size - 1)
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)  # the current device is per thread: not device 0
-                group = WeightGroup(self.spec, device=self.device)
-                log.info("weight group formed (%s, %d members)", group.backend, self.spec.world_size)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # the current device is per thread: not device 0
             while True:
                 with self._cond:
-                    while self._pending is None and not self._stopping:
-                        self._cond.wait()
-                    if self._pending is None:
-                        break
-                    (version, named, ready), self._pending = self._pending, None
-                    self._busy = True
-                self._broadcast(group, version, named, ready)
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                    if self._pending is None and not self._stopping:
+                        self._cond.wait(timeout=0.5)  # also wakes to notice membership changes
+                    pending, self._pending = self._pending, None
+                    stopping = self._stopping
+                if pending is not None:
+                    self._latest = pending
+                    if self.rdv is None:  # no actor takes weights: only announce the version
+                        self._broadcast(None, pending[0], [], None)
+                if self.rdv is not None:
+                    self._serve_members()
+                if stopping and self._pending is None:
+                    break
             transport.send(self.pub, Error("shutdown", "the run is over"))
-            if group is not None:
-                group.close()
+            self._close_group()
         except BaseException as e:  # re-raised in the trainer by check()
             self.error = e
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
             raise
 
-    def _broadcast(self, group: WeightGroup | None, version: int, named: list, ready) -> None:
+    # ------------------------------------------------------------ membership
+    def _serve_members(self) -> None:
+        """Re-form the group if membership changed, then bring its members to the newest weights."""
+        members = self.members()
+        if members != self._group_members:
+            self._form(members)
+        if self._group is None or self._latest is None or self._latest[0] == self._group_version:
+            return
+        version, named, ready = self._latest
+        k = self._sent_on_group + 1
+        try:
+            self._broadcast(self._group, version, named, ready, generation_k=k)
+        except RuntimeError as e:  # a member died mid-broadcast (gloo/NCCL error or timeout)
+            log.warning("broadcast of version %d failed: %s", version, e)
+        self._sent_on_group = k
+        failed = self.rdv.missing_done(self.generation, k, len(self._group_members) + 1,
+                                       wait_s=self.spec.timeout_s)
+        if failed:
+            self._drop([self._group_members[r - 1] for r in failed], "broadcast")
+        else:
+            self._group_version = version
+
+    def _form(self, members: tuple[str, ...]) -> None:
+        self._close_group()
+        self.generation += 1
+        self.rdv.publish_generation(self.generation, list(members))
+        self._group_members, self._sent_on_group = members, 0
+        # Fresh members hold the initial weights; a non-initial snapshot must reach them first.
+        self._group_version = 0
+        self.metrics.generations.inc()
+        if not members:
+            return
+        spec = WeightGroupSpec(self.spec.host, self.spec.port, len(members) + 1, 0, self.spec.backend,
+                               self.spec.timeout_s, self.generation)
+        log.info("forming weight group generation %d: %d member(s)", self.generation, len(members))
+        try:
+            self._group = WeightGroup(spec, device=self.device, store=self.store)
+        except MembersMissing as e:
+            self._drop([members[r - 1] for r in e.ranks], "join_timeout")
+            return
+        except RuntimeError as e:  # the group could not connect: nobody can be blamed, all rejoin
+            log.warning("weight group generation %d failed to form: %s", self.generation, e)
+            self._drop(list(members), "join_failed")
+            return
+        log.info("weight group generation %d formed (%s, %d members)", self.generation, self._group.backend,
+                 len(members) + 1)
+
+    def _drop(self, actor_ids: list[str], reason: str) -> None:
+        """Evict members that failed the group; the next pass re-forms it without them."""
+        self.evict(actor_ids, reason)
+        self._close_group()
+        self._group_members = ()  # forces a new generation with whoever is left
+
+    def _close_group(self) -> None:
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+
+    # ------------------------------------------------------------ one broadcast
+    def _broadcast(self, group: WeightGroup | None, version: int, named: list, ready,
+                   generation_k: int = 0) -> None:
         if group is None:  # no actor can take weights: only announce the version
             transport.send(self.pub, VersionAnnounce(version, self.state.weights.seq))
             return
         seq = self.state.weights.seq + 1  # this thread is the only writer of state.weights
+        if self.rdv is not None:
+            self.rdv.publish_broadcast(self.generation, generation_k, seq, version)
         transport.send(self.pub, VersionAnnounce(version, seq))
         # Hub replies carry the pair too, so an actor that missed the PUB message still joins.
         # One attribute store: the hub thread sees the old pair or the new one, never a mix.

@@ -48,6 +48,7 @@ class Lease:
 class BufferStats:
     expired: int = 0
     dropped_stale: int = 0
+    released: int = 0
 
 
 class ReplayBuffer:
@@ -108,6 +109,8 @@ class ReplayBuffer:
             lease = self.leases.get(lease_id)
             if lease is None:
                 return "unknown_lease"
+            if lease.actor_id != group.actor_id:
+                return "not_your_lease"
             if group.prompt_id not in lease.prompt_ids:
                 return "not_leased"
             lease.prompt_ids.discard(group.prompt_id)
@@ -116,6 +119,20 @@ class ReplayBuffer:
             self.groups.append(group)
             self._cond.notify_all()
             return ""
+
+    def release(self, actor_id: str, lease_ids: list[int] | None = None) -> int:
+        """Re-queue, at once, the prompts of ``actor_id``'s leases (all of them when
+        ``lease_ids`` is None); returns how many prompts went back."""
+        with self._cond:
+            ids = [lid for lid, lease in self.leases.items() if lease.actor_id == actor_id
+                   and (lease_ids is None or lid in lease_ids)]
+            n = 0
+            for lid in ids:
+                back = self.leases.pop(lid).prompt_ids
+                self.pending.extendleft(sorted(back, reverse=True))
+                n += len(back)
+            self.stats.released += n
+            return n
 
     def _expire_locked(self) -> int:
         now = self.clock()
@@ -132,13 +149,17 @@ class ReplayBuffer:
     def take(self, k: int, version: int, timeout_s: float | None = None) -> list[Group] | None:
         """``k`` groups no staler than ``max_staleness``, oldest first, blocking until there
         are enough. Stale groups met on the way are dropped and their prompts re-queued.
-        None when ``timeout_s`` passes first."""
+        At the end of the last epoch the remaining groups are returned even if fewer than
+        ``k``: the last partial batch is trained, not waited for. None when ``timeout_s``
+        passes first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while True:
                 self._drop_stale(version)
                 if len(self.groups) >= k:
                     return [self.groups.popleft() for _ in range(k)]
+                if self.groups and self._last_epoch_out_locked():
+                    return [self.groups.popleft() for _ in range(len(self.groups))]
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -153,11 +174,44 @@ class ReplayBuffer:
                 self.stats.dropped_stale += 1
         self.groups = keep
 
+    def _last_epoch_out_locked(self) -> bool:
+        """Every prompt of the last epoch is handed out and none is in flight."""
+        return bool(self.epochs) and self.epoch >= self.epochs and not (self.pending or self.leases)
+
     def exhausted(self) -> bool:
         """All epochs handed out, nothing in flight or buffered."""
         with self._cond:
-            return bool(self.epochs) and self.epoch >= self.epochs and not (self.pending or self.leases or self.groups)
+            return self._last_epoch_out_locked() and not self.groups
+
+    # ------------------------------------------------------------ checkpoint
+    def state(self) -> dict:
+        """What a checkpoint keeps: every prompt not yet trained on (buffered and in-flight
+        groups go back in front of the queue: a restarted learner trains them anew), the
+        epoch and the shuffling RNG, so the run goes on with the same prompt order."""
+        with self._cond:
+            unfinished = [g.prompt_id for g in self.groups] + sorted(
+                i for lease in self.leases.values() for i in lease.prompt_ids)
+            return {"pending": unfinished + list(self.pending), "epoch": self.epoch,
+                    "rng": _rng_to_json(self.rng.getstate())}
+
+    def restore(self, state: dict) -> None:
+        with self._cond:
+            self.pending = deque(state["pending"])
+            self.epoch = state["epoch"]
+            self.rng.setstate(_rng_from_json(state["rng"]))
+            self.leases.clear()
+            self.groups.clear()
 
     def sizes(self) -> tuple[int, int]:
         with self._cond:
             return len(self.groups), self.in_flight
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

@@ -118,20 +118,31 @@ class LearnerConfig:
     advertise_host: str = "127.0.0.1"
     """Host name actors use to reach this learner's PUB socket and broadcast rendezvous."""
     actors: int = 2
-    """Actors in the weight broadcast group; it forms once this many have said hello."""
+    """The most actors served at once (seats); more are told to retry later. Actors join,
+    leave and crash at any time: the broadcast group is re-formed when membership changes."""
     weight_backend: str = "auto"
     """Collective backend of the weight broadcast: "nccl", "gloo" or "auto" (NCCL when the learner
     and every actor hold weights on distinct GPUs, else gloo: NCCL cannot put two ranks on one GPU)."""
     weight_port: int = 29555
     """TCP port of the broadcast group's rendezvous (separate from the training group's)."""
-    broadcast_timeout_s: float = 600.0
-    """A broadcast (or the group's formation) that takes longer fails the run."""
+    broadcast_timeout_s: float = 120.0
+    """Bound on forming the broadcast group and on one broadcast: members that are not there
+    in time are evicted and the rest go on."""
     metrics_port: int = 9100
     """Rank 0 serves /metrics and /health here (other ranks all-reduce their step statistics into it); 0 picks a free port."""
     run_dir: str = "runs/flowrl"
     """Step log (steps.jsonl) and checkpoints go here."""
     checkpoint_every: int = 0
-    """Save a checkpoint every this many steps; 0: only at the end."""
+    """Write a resumable checkpoint every this many steps; 0: only at the end (and on SIGTERM)."""
+    keep_checkpoints: int = 3
+    """Resumable checkpoints kept in run_dir/checkpoints (the newest)."""
+    resume: str = "never"
+    """"auto": continue from the newest complete checkpoint in run_dir (or start fresh if none);
+    "never": start fresh (run_dir's checkpoints and step log are cleared); or a checkpoint path."""
+    min_actors: int = 1
+    """No work is leased until this many actors have joined (then training starts)."""
+    actor_timeout_s: float = 120.0
+    """An actor unheard of for this long loses its seat (its leases are re-queued at once)."""
     linger_s: float = 0.0
     """Keep /metrics up this long after the run so a scraper sees the final values."""
     seed: int = 0
@@ -174,6 +185,10 @@ class LearnerConfig:
         require(self.actors >= 0, "actors", "must be >= 0")
         require(0 <= self.metrics_port < 65536 and 0 <= self.weight_port < 65536, "metrics_port", "must be a port")
         require(self.linger_s >= 0, "linger_s", "must be >= 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        require(self.resume in ("auto", "never") or bool(self.resume), "resume", "'auto', 'never' or a path")
+        require(1 <= self.min_actors <= max(self.actors, 1), "min_actors", "must be in [1, actors]")
+        require(self.actor_timeout_s > 0, "actor_timeout_s", "must be > 0")
         require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")
         # 1e15: a group's sum of squared scores (for the std) stays far inside float32's range
         require(math.isfinite(self.max_abs_score) and 0 < self.max_abs_score <= 1e15, "max_abs_score",

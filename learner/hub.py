@@ -37,8 +37,8 @@ import zmq
 from common import transport
 from common.metrics import HubMetrics
 from common.keys import load_server
-from common.protocol import (Ack, Error, Heartbeat, Hello, ProtocolError, Prompt, Sampling, Trajectories,
-                             Welcome, WeightRef, Work, WorkRequest, decode)
+from common.protocol import (Ack, Error, Heartbeat, Hello, ProtocolError, Prompt, Release, Sampling,
+                             Trajectories, Welcome, WeightRef, Work, WorkRequest, decode)
 from learner.buffer import Group, ReplayBuffer
 
 log = logging.getLogger("learner.hub")
@@ -58,7 +58,9 @@ class RunState:
     """Broadcasts started so far and the policy version the last one carries: what an actor
     holds once caught up. Replaced as a whole (one attribute store); readers take it once."""
     pub_endpoint: str = ""
-    stopping: bool = False
+    stopping: str = ""
+    """Empty while the run goes on; "shutdown" (the run is over: actors exit) or "stopping"
+    (this learner is going away and will be back: actors reconnect)."""
 
 
 def _touch(d: dict, key, now: float) -> None:
@@ -82,18 +84,20 @@ def _prune(d: dict, cutoff: float) -> list:
 class Hub(threading.Thread):
     def __init__(self, *, bind: str, buffer: ReplayBuffer, prompts: list[np.ndarray], kinds: list[str],
                  references: list[str], sampling: Sampling, state: RunState, metrics: HubMetrics,
-                 weight_group: dict | None, manifest: list, group_slots: int, lease_timeout_s: float,
+                 weight_group: dict | None, manifest: list, seats: int, lease_timeout_s: float,
                  vocab_size: int, max_abs_score: float = 1e4, curve_dir: str = "",
-                 peer_horizon_s: float | None = None):
+                 peer_horizon_s: float | None = None, min_actors: int = 1, max_staleness: int = 0,
+                 actor_timeout_s: float = ACTOR_TIMEOUT_S):
         super().__init__(name="hub", daemon=True)
         if vocab_size < 1 or not max_abs_score > 0:
             raise ValueError(f"Hub: vocab_size {vocab_size} must be >= 1 and max_abs_score {max_abs_score} > 0")
         self.buffer, self.prompts, self.kinds, self.references = buffer, prompts, kinds, references
         self.sampling, self.state, self.metrics = sampling, state, metrics
-        self.weight_group, self.manifest, self.group_slots = weight_group, manifest, group_slots
+        self.weight_group, self.manifest, self.seats = weight_group, manifest, seats
+        self.min_actors, self.max_staleness, self.actor_timeout_s = min_actors, max_staleness, actor_timeout_s
         self.lease_timeout_s = lease_timeout_s
         self.vocab_size, self.max_abs_score = vocab_size, max_abs_score
-        self.peer_horizon_s = max(ACTOR_TIMEOUT_S, lease_timeout_s) if peer_horizon_s is None else peer_horizon_s
+        self.peer_horizon_s = max(actor_timeout_s, lease_timeout_s) if peer_horizon_s is None else peer_horizon_s
         self.run_id = uuid.uuid4().hex[:12]
         self.ctx = zmq.Context()
         keys = load_server(curve_dir) if curve_dir else None
@@ -101,12 +105,17 @@ class Hub(threading.Thread):
         self.auth = transport.start_authenticator(self.ctx, keys) if keys is not None else None
         self.sock = transport.router(self.ctx, bind, curve=keys)
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.slots: dict[str, int] = {}  # actor id -> rank in the weight group
+        self._members: tuple[str, ...] = ()
+        """Actors holding a seat, in joining order; replaced whole under _members_lock (the
+        broadcaster reads it from its thread)."""
+        self._members_lock = threading.Lock()
+        self.started = False
+        """Set once min_actors have joined; no work is leased before."""
         self.last_seen: dict[str, float] = {}  # actor id -> last heard (monotonic), oldest first
         self.key_of: dict[str, str] = {}  # actor id -> CURVE key it is bound to (CURVE on only)
         self._logged: dict[tuple[bytes, str], float] = {}  # (peer, reason) -> last logged, oldest first
         self._housekept = 0.0
-        self._mirrored = {"expired": 0, "dropped_stale": 0}
+        self._mirrored = {"expired": 0, "dropped_stale": 0, "released": 0}
         self._stopping = threading.Event()
         self.error: BaseException | None = None
 
@@ -159,10 +168,11 @@ class Hub(threading.Thread):
                 return
             msg, refused = e.message, e  # well-formed, refused values: answered below
         if self.state.stopping:
-            transport.send(self.sock, Error("shutdown", "the run is over"), peer)
+            detail = "the run is over" if self.state.stopping == "shutdown" else "the learner is stopping"
+            transport.send(self.sock, Error(self.state.stopping, detail), peer)
             return
         handler = {Hello: self._hello, WorkRequest: self._work, Trajectories: self._trajectories,
-                   Heartbeat: self._heartbeat}.get(type(msg))
+                   Heartbeat: self._heartbeat, Release: self._release}.get(type(msg))
         if handler is None:
             self._reject(peer, "unexpected_type", type(msg).__name__)
             return
@@ -172,6 +182,11 @@ class Hub(threading.Thread):
                 self._reject(peer, "identity", f"actor id {msg.actor_id!r} is bound to another key")
                 return
             _touch(self.last_seen, msg.actor_id, time.monotonic())
+            if not isinstance(msg, Hello) and msg.actor_id not in self._members:
+                # a restarted learner, or an actor evicted meanwhile: it must say hello again
+                self._reject(peer, "unknown_actor", f"{type(msg).__name__} from {msg.actor_id!r}, no seat")
+                transport.send(self.sock, Error("unknown_actor", "say hello again"), peer)
+                return
         if refused is not None:
             self._reject(peer, refused.reason, refused.detail)
             reply = Ack(msg.lease_id, msg.prompt_id, False, refused.reason)
@@ -192,28 +207,64 @@ class Hub(threading.Thread):
             self.key_of.pop(actor_id, None)
         _prune(self._logged, now - LOG_EVERY_S)
 
+    # ------------------------------------------------------------ membership
+    def members(self) -> tuple[str, ...]:
+        """The actors holding a seat, in joining order (any thread)."""
+        return self._members
+
+    def evict(self, actor_ids, reason: str) -> None:
+        """Take seats away (any thread): failed a broadcast, went silent, left. Their leases
+        are re-queued at once; if they are alive they must say hello again."""
+        with self._members_lock:
+            gone = [a for a in self._members if a in set(actor_ids)]
+            self._members = tuple(a for a in self._members if a not in set(actor_ids))
+        for actor_id in gone:
+            self.buffer.release(actor_id)
+            if reason == "left":
+                self.metrics.leaves.inc()
+            else:
+                self.metrics.evictions.labels(reason).inc()
+            log.warning("actor %s removed from the run: %s", actor_id, reason)
+
     def _hello(self, peer: bytes, msg: Hello):
-        group, manifest = None, []
-        if self.weight_group is not None:
-            rank = self.slots.get(msg.actor_id)
-            if rank is None and len(self.slots) < self.group_slots:
-                rank = self.slots[msg.actor_id] = len(self.slots) + 1
-            if rank is not None:
-                group, manifest = dict(self.weight_group, rank=rank), self.manifest
-        log.info("actor %s (%s, pid %d) joined; weight rank %s", msg.actor_id, msg.engine, msg.pid,
-                 group["rank"] if group else None)
+        with self._members_lock:
+            new = msg.actor_id not in self._members
+            if new and len(self._members) >= self.seats:
+                return Error("full", f"all {self.seats} actor seats are taken; retry later")
+            if new:
+                self._members = self._members + (msg.actor_id,)
+            self.started = self.started or len(self._members) >= self.min_actors
+        if new:
+            self.metrics.joins.inc()
+            log.info("actor %s (%s, pid %d) joined: %d member(s)", msg.actor_id, msg.engine, msg.pid,
+                     len(self._members))
         weights = self.state.weights  # read once: seq and version from the same broadcast
-        return Welcome(self.run_id, weights.version, weights.seq, self.state.pub_endpoint, group, manifest)
+        return Welcome(self.run_id, weights.version, weights.seq, self.state.pub_endpoint, self.weight_group,
+                       self.manifest if self.weight_group is not None else [])
 
     def _work(self, peer: bytes, msg: WorkRequest):
         if msg.credits < 0:
             self._reject(peer, "bad_field", "negative credits")
             return None
-        lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, self.state.policy_version)
+        # Work generated with the weights this actor holds must still be trainable when it
+        # comes back: keyed on the actor's version, not the learner's, so an actor a broadcast
+        # behind (or a newcomer without the current weights) gets nothing until it catches up.
+        fresh = self.state.policy_version - msg.policy_version <= self.max_staleness and msg.policy_version >= 0
+        lease_id, ids = 0, []
+        if self.started and fresh:
+            lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, msg.policy_version)
         prompts = [Prompt(i, self.kinds[i], self.references[i], self.prompts[i]) for i in ids]
         weights = self.state.weights  # read once: seq and version from the same broadcast
         return Work(lease_id, weights.version, weights.seq, self.lease_timeout_s,
                     self.sampling, prompts, retry_after_s=0.0 if ids else 0.2)
+
+    def _release(self, peer: bytes, msg: Release):
+        n = self.buffer.release(msg.actor_id, msg.lease_ids or None)
+        log.info("actor %s handed back %d prompt(s)%s", msg.actor_id, n, "; leaving" if msg.leaving else "")
+        if msg.leaving:
+            self.evict([msg.actor_id], "left")
+        weights = self.state.weights
+        return Heartbeat("learner", weights.version, weights.seq)
 
     def _trajectories(self, peer: bytes, msg: Trajectories):
         reason = self._inconsistent(msg)
@@ -251,12 +302,18 @@ class Hub(threading.Thread):
 
     def _gauges(self) -> None:
         now = time.monotonic()
-        self.metrics.actors.set(sum(now - t < ACTOR_TIMEOUT_S for t in self.last_seen.values()))
+        members = self._members
+        silent = [a for a in members if now - self.last_seen.get(a, now) > self.actor_timeout_s]
+        if silent:
+            self.evict(silent, "silent")
+        self.metrics.members.set(len(self._members))
+        self.metrics.actors.set(sum(now - t < self.actor_timeout_s for t in self.last_seen.values()))
         buffered, in_flight = self.buffer.sizes()
         self.metrics.buffer.set(buffered)
         self.metrics.leases.set(in_flight)
         # The buffer keeps plain totals (it has no metrics); mirror their growth into the counters.
-        for name, counter in (("expired", self.metrics.expired), ("dropped_stale", self.metrics.stale)):
+        for name, counter in (("expired", self.metrics.expired), ("dropped_stale", self.metrics.stale),
+                              ("released", self.metrics.released)):
             total = getattr(self.buffer.stats, name)
             counter.inc(total - self._mirrored[name])
             self._mirrored[name] = total

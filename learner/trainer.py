@@ -119,9 +119,10 @@ class Trainer:
         m = self.cfg.micro_batch_seqs
         return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
-    def step(self, groups: list[Group], version: int) -> dict:
+    def step(self, groups: list[Group], version: int, scale: float = 1.0) -> dict:
         """One optimizer step on this rank's ``groups``; ``version`` is the policy version of the
-        weights held before it (samples tagged with it were generated with exactly these weights)."""
+        weights held before it (samples tagged with it were generated with exactly these weights).
+        ``scale`` weighs this rank's loss (its share of an uneven last batch; 0: no share)."""
         full = collate(groups, self.pad_id)
         old, ref = self._pre_pass(full)
         target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref)
@@ -147,7 +148,7 @@ class Trainer:
             self.engine.set_gradient_accumulation_boundary(k == len(slices) - 1)
             # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
             # gradient is that of the mean over all sequences, whatever the last micro size.
-            self.engine.backward(loss * weight * self.gas)
+            self.engine.backward(loss * weight * self.gas * scale)
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
                 means[key] = means.get(key, 0.0) + weight * float(v)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from common.metrics import HubMetrics, LearnerMetrics, MetricsServer, WeightSync
 from common.models import encode_prompt, load_tokenizer
 from common.protocol import Sampling
 from common.weight_sync import WeightGroupSpec, make_manifest
+from learner import checkpoint
 from learner.broadcaster import Broadcaster
 from learner.buffer import ReplayBuffer
 from learner.config import LearnerConfig
@@ -47,38 +50,59 @@ class Rank0:
                                    max_staleness=cfg.max_staleness, lease_timeout_s=cfg.lease_timeout_s,
                                    epochs=cfg.epochs, seed=cfg.seed)
         spec = None
-        if cfg.actors:
-            spec = WeightGroupSpec(cfg.advertise_host, cfg.weight_port, cfg.actors + 1, 0, cfg.weight_backend,
+        if cfg.actors:  # the rendezvous of the elastic broadcast group (sizes vary per generation)
+            spec = WeightGroupSpec(cfg.advertise_host, cfg.weight_port, 1, 0, cfg.weight_backend,
                                    cfg.broadcast_timeout_s)
         weights = trainer.module.policy_weights()
-        self.broadcaster = Broadcaster(pub_bind=cfg.pub_bind, advertise_host=cfg.advertise_host, spec=spec,
-                                       device=trainer.device,
-                                       state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"),
-                                       curve_dir=cfg.curve_dir)
         s = cfg.sampling
         self.hub = Hub(bind=cfg.bind, buffer=self.buffer, prompts=prompts, kinds=[t.kind for t in tasks],
                        references=[t.reference for t in tasks], sampling=Sampling(s.n, s.temperature, s.top_p, s.max_tokens),
                        state=self.state, metrics=HubMetrics(self.registry),
                        weight_group=None if spec is None else spec.as_dict(), manifest=make_manifest(weights),
-                       group_slots=cfg.actors, lease_timeout_s=cfg.lease_timeout_s,
+                       seats=cfg.actors, lease_timeout_s=cfg.lease_timeout_s,
                        # embedding rows, not len(tokenizer): the bound an id must respect on the GPU
                        vocab_size=trainer.module.policy.get_input_embeddings().num_embeddings,
-                       max_abs_score=cfg.max_abs_score, curve_dir=cfg.curve_dir)
+                       max_abs_score=cfg.max_abs_score, curve_dir=cfg.curve_dir, min_actors=cfg.min_actors,
+                       max_staleness=cfg.max_staleness, actor_timeout_s=cfg.actor_timeout_s)
+        self.broadcaster = Broadcaster(pub_bind=cfg.pub_bind, advertise_host=cfg.advertise_host, spec=spec,
+                                       device=trainer.device,
+                                       state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"),
+                                       curve_dir=cfg.curve_dir, members=self.hub.members, evict=self.hub.evict)
         self.hub.metrics.expected_actors.set(cfg.actors)
         self.server = MetricsServer(self.registry, cfg.metrics_port, self._health)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        self.step_log = open(Path(cfg.run_dir) / "steps.jsonl", "w")
+        self.stop_requested = False
+        """Set by SIGTERM: the step in progress finishes, then the run checkpoints and stops."""
+        self.step_log = None  # opened by begin(), once a resume has trimmed it
+
+    def begin(self, step: int, buffer_state: dict | None, snapshot) -> None:
+        """Start serving actors at ``step`` (0, or the resumed checkpoint's)."""
+        log_path = Path(self.cfg.run_dir) / "steps.jsonl"
+        if buffer_state is None:
+            log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+        else:
+            self.buffer.restore(buffer_state)
+            dropped = checkpoint.truncate_log(log_path, step)
+            self.metrics.resumes.inc()
+            self.metrics.resumed_from.set(step)
+            log.info("resumed at step %d; %d step log row(s) after it dropped", step, dropped)
+        self.step_log = open(log_path, "a")
+        self.state.policy_version = step
+        if step and snapshot is not None:
+            self.broadcaster.submit(step, *snapshot)  # actors must hold the resumed weights first
         self.broadcaster.start()
         self.hub.start()
-        log.info("learner hub on %s, metrics on :%d, %d prompts", cfg.bind, self.server.port, len(tasks))
+        log.info("learner hub on %s, metrics on :%d, %d prompts", self.cfg.bind, self.server.port, len(self.hub.prompts))
 
     def _health(self) -> dict:
         return {"role": "learner", "policy_version": self.state.policy_version, "weight_seq": self.state.weights.seq}
 
     def next_groups(self):
-        """The next step's groups, or None when the epochs are exhausted."""
+        """The next step's groups; None when the epochs are exhausted, STOP on SIGTERM."""
         t0 = time.perf_counter()
         while True:
+            if self.stop_requested:
+                return STOP
             self.hub.check()
             self.broadcaster.check()
             groups = self.buffer.take(self.cfg.groups_per_step, self.state.policy_version, timeout_s=1.0)
@@ -131,28 +155,73 @@ class Rank0:
         log.info("step %d v%d loss %.4f score %.3f staleness %.2f %.1f samples/s", step, v, stats["loss"],
                  stats["score_mean"], row["staleness_mean"], row["samples_per_s"])
 
-    def close(self, graceful: bool) -> None:
-        # Finish the last broadcast while the hub still serves, so actors can take it; then say goodbye.
-        if graceful:
+    def close(self, finished: bool) -> None:
+        """``finished``: the run is over (actors exit); else the learner is stopping or failed
+        and actors wait for it to come back."""
+        if finished:
+            # Finish the last broadcast while the hub still serves, so actors can take it.
             self.broadcaster.finish(self.cfg.broadcast_timeout_s)
-        self.state.stopping = True
-        time.sleep(1.0)  # let actors polling the hub hear "shutdown"
+        self.state.stopping = "shutdown" if finished else "stopping"
+        time.sleep(1.0)  # let actors polling the hub hear it
         self.hub.stop()
         time.sleep(self.cfg.linger_s)
         self.server.close()
-        self.step_log.close()
+        if self.step_log is not None:
+            self.step_log.close()
+
+
+STOP = "stop"
 
 
 def _share(groups, rank: int, world: int):
-    """Rank 0's groups to every rank over the training group; each keeps its slice."""
+    """Rank 0's groups (or None / STOP) to every rank over the training group. Returns this
+    rank's slice and its loss scale: each rank's share of the batch times the world size, so
+    that DeepSpeed's mean over ranks is the mean over all sequences even for the last, partial
+    batch. A rank left without a group (fewer groups than ranks) reruns one at scale 0."""
     if world > 1:
         box = [groups]
         dist.broadcast_object_list(box, src=0)
         groups = box[0]
-    if groups is None:
-        return None
-    k = len(groups) // world
-    return groups[rank * k:(rank + 1) * k]
+    if groups is None or isinstance(groups, str):
+        return groups, 0.0
+    mine = groups[rank::world]
+    if not mine:
+        return groups[:1], 0.0
+    return mine, len(mine) * world / len(groups)
+
+
+def _start(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None") -> int:
+    """Resume (every rank) or start fresh; returns the step to continue from."""
+    path = checkpoint.resolve(cfg.run_dir, cfg.resume)
+    if path is None:
+        if r0 is not None and cfg.resume == "never":
+            shutil.rmtree(checkpoint.checkpoints_dir(cfg.run_dir), ignore_errors=True)  # "never": start over
+        step, buffer_state = 0, None
+    else:
+        meta = checkpoint.load(trainer.engine, path)
+        checkpoint.restore_rng(meta)
+        step, buffer_state = meta["step"], meta["buffer"]
+        log.info("resuming from %s (step %d)", path, step)
+    if r0 is not None:
+        snapshot = trainer.snapshot() if cfg.actors and step else None
+        r0.begin(step, buffer_state, snapshot)
+    return step
+
+
+def _checkpoint(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None", step: int, finished: bool) -> None:
+    meta = {"model": cfg.model, "finished": finished,
+            "buffer": r0.buffer.state() if r0 is not None else None}
+    path = checkpoint.save(trainer.engine, cfg.run_dir, step, meta, trainer.rank, cfg.keep_checkpoints)
+    log.info("checkpoint %s written", path)
+
+
+def _install_sigterm(r0: "Rank0 | None") -> None:
+    """SIGTERM finishes the step in progress, checkpoints and exits 0 (rank 0 decides for all)."""
+    def handler(signum, frame):
+        log.warning("SIGTERM: stopping after this step")
+        if r0 is not None:
+            r0.stop_requested = True
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run(cfg: LearnerConfig, rank: int, world: int) -> None:
@@ -170,15 +239,21 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
     tokenizer = load_tokenizer(cfg.model)
     trainer = Trainer(cfg, rank, world, device, tokenizer.pad_token_id)
     r0 = Rank0(cfg, trainer, tokenizer) if rank == 0 else None
-    step, graceful = 0, False
+    _install_sigterm(r0)
+    finished = False
     try:
-        while cfg.max_steps == 0 or step < cfg.max_steps:
-            every = r0.next_groups() if r0 else None  # the step's groups, all ranks' shares
-            groups = _share(every, rank, world)
-            if groups is None:
+        step = _start(cfg, trainer, r0)
+        while True:
+            if cfg.max_steps and step >= cfg.max_steps:
+                every = None
+            else:
+                every = r0.next_groups() if r0 else None  # the step's groups, all ranks' shares
+            groups, scale = _share(every, rank, world)
+            if groups is None or isinstance(groups, str):
+                finished = groups is None
                 break
             t0 = time.perf_counter()
-            stats = trainer.step(groups, version=step)
+            stats = trainer.step(groups, version=step, scale=scale)
             step += 1
             if r0:
                 # 0.5 GB copied per step for the embedded model: only worth it when actors take weights
@@ -187,14 +262,15 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
                 r0.broadcaster.submit(step, *snapshot)
                 r0.record(step, every, stats, time.perf_counter() - t0)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                trainer.save(f"{cfg.run_dir}/checkpoint-{step}", tokenizer, {"step": step, "model": cfg.model})
-        trainer.save(f"{cfg.run_dir}/checkpoint-final", tokenizer, {"step": step, "model": cfg.model})
-        graceful = True
+                _checkpoint(cfg, trainer, r0, step, finished=False)
+        _checkpoint(cfg, trainer, r0, step, finished=finished)
+        if finished:
+            trainer.save(f"{cfg.run_dir}/checkpoint-final", tokenizer, {"step": step, "model": cfg.model})
     finally:
         if r0:
-            r0.close(graceful)
+            r0.close(finished)
         # Tear the training group down before the interpreter exits: a process group's
         # threads still alive at exit abort the process ("terminate called without an
         # active exception"), which failed a rank now and then.
         dist.destroy_process_group()
-    log.info("learner rank %d finished after %d steps", rank, step)
+    log.info("learner rank %d %s after %d steps", rank, "finished" if finished else "stopped", step)

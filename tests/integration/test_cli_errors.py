@@ -26,14 +26,33 @@ def test_wrong_model_path(role, tmp_path):
     assert "no-such-model" in _one_line(err)
 
 
-def test_unreachable_learner(tmp_path):
+def test_actors_started_first_wait_for_the_learner(tmp_path):
+    """Start order does not matter: with no learner, the actor keeps saying hello with
+    backoff, logging where it tries, and SIGTERM still stops it cleanly (exit 0)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
     from common.models import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
     (port,) = free_ports(1)
-    code, _, err = _run("actors", "--model", model, "--learner", f"tcp://127.0.0.1:{port}", "--connect-timeout-s", "2")
-    assert code == 2
-    assert f"cannot reach the learner at tcp://127.0.0.1:{port}" in _one_line(err)
+    log = tmp_path / "actors.log"
+    p = subprocess.Popen([sys.executable, "-m", "actors", "--model", model, "--learner", f"tcp://127.0.0.1:{port}",
+                          "--connect-timeout-s", "1", "--metrics-port", "0"], cwd=REPO, stdout=open(log, "w"),
+                         stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while "attempt 2" not in log.read_text() and time.monotonic() < deadline:
+            assert p.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert f"waiting for the learner at tcp://127.0.0.1:{port}" in log.read_text()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
 
 
 @pytest.mark.parametrize("flag,field", [("algo.beta=0", "algo.beta"), ("algo.is_clip_low=2", "algo.is_clip_low"),

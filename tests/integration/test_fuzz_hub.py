@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from common import transport
-from common.protocol import (SCHEMA_VERSION, Ack, Completion, Heartbeat, Hello, Trajectories, Welcome, Work,
+from common.protocol import (SCHEMA_VERSION, Ack, Completion, Error, Heartbeat, Hello, Trajectories, Welcome, Work,
                              WorkRequest, encode)
 from learner import hub as hub_module
 from tests.unit.test_ingest_validation import (MAX_ABS_SCORE, N, VOCAB, Peer, received, rejected, running_hub,
@@ -160,9 +160,14 @@ def _liar_cases(work: Work) -> list[tuple[dict, str]]:
 
 
 def _answered(socks: list, timeout_s: float) -> int:
-    """How many of ``socks`` got a heartbeat back, all within one deadline (bounded when the hub is dead)."""
+    """How many of ``socks`` got an answer to their heartbeat, all within one deadline (bounded when
+    the hub is dead): a heartbeat, or "unknown_actor" for a peer that never said hello."""
     deadline = time.monotonic() + timeout_s
-    return sum(isinstance(transport.recv(s, max(0.0, deadline - time.monotonic())), Heartbeat) for s in socks)
+    return sum(_is_answer(transport.recv(s, max(0.0, deadline - time.monotonic()))) for s in socks)
+
+
+def _is_answer(reply) -> bool:
+    return isinstance(reply, Heartbeat) or (isinstance(reply, Error) and reply.reason == "unknown_actor")
 
 
 def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
@@ -211,7 +216,7 @@ def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
             s.send_multipart([rng.bytes(16)])
             transport.send(s, Heartbeat(f"flood-{i}", 0, 0))
             s.send_multipart(_with(_sample_group(f"flood-{i}"), v=0))
-        bad += 2 * len(flood)
+        bad += 3 * len(flood)  # the heartbeat too: from a stranger, refused ("unknown_actor") and answered
         answered = _answered(flood, timeout_s=10)
 
         counts = wait_rejected(hub, bad, timeout_s=10)
@@ -251,7 +256,8 @@ def test_per_peer_maps_are_pruned(ctx, monkeypatch):
             s.send_multipart([b"\xc1"])  # logged once for this peer
         assert _answered(socks, timeout_s=10) == len(socks)
         wait_rejected(hub, len(socks))
-        assert len(hub.last_seen) == len(socks) and len(hub._logged) == len(socks)
+        # each peer logged: its garbage frame, and its heartbeat without a hello ("unknown_actor")
+        assert len(hub.last_seen) == len(socks) and len({peer for peer, _ in hub._logged}) == len(socks)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (len(hub.last_seen) > 1 or hub._logged):
             assert isinstance(keeper.ask(Heartbeat("keeper", 0, 0)), Heartbeat)  # a live peer stays

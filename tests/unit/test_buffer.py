@@ -13,10 +13,10 @@ class Clock:
         return self.t
 
 
-def _group(pid, version, n=2):
+def _group(pid, version, n=2, actor="a"):
     comps = [Completion(np.array([1], np.int32), np.array([-0.5], np.float32), "stop", 1.0, version)
              for _ in range(n)]
-    return Group(pid, np.array([pid], np.int32), comps, "a")
+    return Group(pid, np.array([pid], np.int32), comps, actor)
 
 
 def _buffer(clock=None, **kw):
@@ -62,8 +62,9 @@ def test_expired_lease_requeues_prompts_first():
     lid2, ids2 = b.lease("alive", 2, 0)
     assert ids2 == ids  # the dead actor's prompts come back before new ones
     assert b.stats.expired == 2
-    assert b.complete(lid, _group(ids[0], 0)) == "unknown_lease"  # the late result is refused
-    assert b.complete(lid2, _group(ids[0], 0)) == ""
+    assert b.complete(lid, _group(ids[0], 0, actor="dead")) == "unknown_lease"  # the late result is refused
+    assert b.complete(lid2, _group(ids[0], 0)) == "not_your_lease"  # another actor's lease
+    assert b.complete(lid2, _group(ids[0], 0, actor="alive")) == ""
 
 
 def test_take_drops_stale_groups_and_requeues_their_prompts():
@@ -93,7 +94,42 @@ def test_one_epoch_trains_each_prompt_once_despite_failures():
     while not b.exhausted():
         lid, ids = b.lease("ok", 3, 0)
         for pid in ids:
-            b.complete(lid, _group(pid, 0))
+            assert b.complete(lid, _group(pid, 0, actor="ok")) == ""
         while (g := b.take(1, 0, timeout_s=0)) is not None:
             trained += [x.prompt_id for x in g]
     assert sorted(trained) == list(range(6))
+
+
+def test_last_partial_batch_is_returned_not_waited_for():
+    b = ReplayBuffer(5, capacity=100, groups_per_step=2, max_staleness=100, lease_timeout_s=5.0, epochs=1)
+    lid, ids = b.lease("a", 5, 0)
+    for pid in ids:
+        b.complete(lid, _group(pid, 0))
+    sizes = []
+    while not b.exhausted():
+        sizes.append(len(b.take(2, 0, timeout_s=1)))
+    assert sizes == [2, 2, 1]
+
+
+def test_release_requeues_at_once_and_only_that_actors_leases():
+    b = _buffer()
+    l1, ids1 = b.lease("a", 2, 0)
+    l2, ids2 = b.lease("b", 2, 0)
+    assert b.release("a") == 2 and b.stats.released == 2
+    assert b.complete(l1, _group(ids1[0], 0)) == "unknown_lease"
+    assert b.complete(l2, _group(ids2[0], 0, actor="b")) == ""
+    assert b.lease("c", 2, 0)[1] == ids1  # handed back prompts come first
+
+
+def test_state_restores_every_untrained_prompt_in_order():
+    b = ReplayBuffer(8, capacity=100, groups_per_step=2, max_staleness=100, lease_timeout_s=5.0, epochs=2, seed=3)
+    lid, ids = b.lease("a", 3, 0)
+    b.complete(lid, _group(ids[0], 0))  # buffered, not trained: comes back too
+    state = b.state()
+    assert sorted(state["pending"]) == list(range(8)) and state["epoch"] == 1
+    again = ReplayBuffer(8, capacity=100, groups_per_step=2, max_staleness=100, lease_timeout_s=5.0, epochs=2,
+                         seed=99)
+    again.restore(state)
+    b.restore(state)
+    # the same order from here on, the next epoch's shuffle included (the RNG state travels)
+    assert [again.lease("x", 1, 0)[1][0] for _ in range(16)] == [b.lease("x", 1, 0)[1][0] for _ in range(16)]

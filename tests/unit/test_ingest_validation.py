@@ -22,8 +22,8 @@ from common import transport
 from common.config import ConfigError
 from common.keys import ClientKeys
 from common.metrics import HubMetrics
-from common.protocol import (Ack, Completion, Heartbeat, ProtocolError, Sampling, Trajectories, Work, WorkRequest,
-                             decode, encode)
+from common.protocol import (Ack, Completion, Heartbeat, Hello, ProtocolError, Sampling, Trajectories, Welcome, Work,
+                             WorkRequest, decode, encode)
 from learner.buffer import ReplayBuffer
 from learner.config import LearnerConfig
 from learner.hub import Hub, RunState
@@ -43,7 +43,7 @@ def running_hub(curve_dir: str = "", peer_horizon_s: float | None = None,
                           lease_timeout_s=60.0)
     hub = Hub(bind="tcp://127.0.0.1:0", buffer=buffer, prompts=PROMPTS, kinds=["math"] * len(PROMPTS),
               references=[str(i) for i in range(len(PROMPTS))], sampling=SAMPLING, state=RunState(),
-              metrics=HubMetrics(CollectorRegistry()), weight_group=None, manifest=[], group_slots=0,
+              metrics=HubMetrics(CollectorRegistry()), weight_group=None, manifest=[], seats=1000,
               lease_timeout_s=60.0, vocab_size=VOCAB, max_abs_score=MAX_ABS_SCORE, curve_dir=curve_dir,
               peer_horizon_s=peer_horizon_s)
     hub.start()
@@ -83,8 +83,17 @@ class Peer:
     def __init__(self, ctx: zmq.Context, hub: Hub, actor_id: str, curve: ClientKeys | None = None):
         self.actor_id = actor_id
         self.sock = transport.dealer(ctx, hub.endpoint, actor_id, curve=curve)
+        self.joined = False
 
     def ask(self, msg, timeout_s: float = 5.0):
+        """Send ``msg`` and return the reply (None: none in time). Says hello first, as an
+        actor must: the hub answers anything else from a stranger with "unknown_actor"."""
+        if not self.joined and not isinstance(msg, Hello) and getattr(msg, "actor_id", "probe") != "probe":
+            transport.send(self.sock, Hello(msg.actor_id, "hf", "m", 1))
+            welcome = transport.recv(self.sock, timeout_s)
+            if not isinstance(welcome, Welcome):
+                return welcome
+            self.joined = True
         transport.send(self.sock, msg)
         return transport.recv(self.sock, timeout_s)
 
@@ -193,7 +202,7 @@ def test_in_vocab_edges_are_accepted(ctx):
 def test_hub_refuses_nonsense_settings():
     with pytest.raises(ValueError, match="vocab_size"):
         Hub(bind="tcp://127.0.0.1:0", buffer=None, prompts=[], kinds=[], references=[], sampling=SAMPLING,
-            state=RunState(), metrics=None, weight_group=None, manifest=[], group_slots=0, lease_timeout_s=1.0,
+            state=RunState(), metrics=None, weight_group=None, manifest=[], seats=0, lease_timeout_s=1.0,
             vocab_size=0)
 
 

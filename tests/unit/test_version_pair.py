@@ -24,11 +24,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 from prometheus_client import CollectorRegistry
 
 from actors.actor import Actor
+from actors.weights import WeightFollower
 from common.metrics import ActorMetrics, WeightSyncMetrics
 from common.protocol import Heartbeat, Hello, WeightRef
+from common.weight_sync import Rendezvous
 from learner.broadcaster import Broadcaster
 from learner.hub import RunState
 from tests.unit.test_ingest_validation import running_hub
@@ -156,26 +159,43 @@ def test_learner_hub_never_hands_out_a_mixed_pair():
 
 
 class _StubEngine:
+    """Joins and receives instantly: the weight transfer itself is not under test here."""
+
+    def join_weight_group(self, spec, manifest) -> None:
+        pass
+
+    def leave_weight_group(self) -> None:
+        pass
+
     def receive_weights(self) -> int:
         return 0
 
 
+class _YieldingFollower(_Yielding, WeightFollower):
+    pass
+
+
 def _bare_actor() -> Actor:
-    """An Actor without engine, sockets or metrics server: only its version bookkeeping."""
+    """An Actor without engine, sockets or metrics server: its version bookkeeping, following a
+    real rendezvous (an in-process store) in which the test plays the learner."""
     a = _YieldingActor.__new__(_YieldingActor)
     registry = CollectorRegistry()
-    a.index, a.actor_id, a.engine = 0, "a", _StubEngine()
-    a.metrics, a.sync_metrics = ActorMetrics(registry), WeightSyncMetrics(registry, "actor")
-    a.held = a.pending = WeightRef(0, 0)
+    a.index, a.actor_id = 0, "a"
+    a.metrics = ActorMetrics(registry)
+    a.pending = WeightRef(0, 0)
+    a.weights = _YieldingFollower(_StubEngine(), "a", WeightSyncMetrics(registry, "actor"), WeightRef(0, 0))
+    a.weights.rdv = Rendezvous(dist.HashStore())
+    a.weights.group = {"host": "-", "port": 0, "backend": "gloo", "timeout_s": 5.0}
+    a.weights.rdv.publish_generation(1, ["a"])
     return a
 
 
 def test_actor_never_reports_a_mixed_pair():
     a = _bare_actor()
 
-    def write(k: int) -> None:  # announcement, then the weights arrive between generations
-        a._note_seq(k, K * k)
-        a._catch_up_weights()
+    def write(k: int) -> None:  # the learner broadcasts; the weights arrive between generations
+        a.weights.rdv.publish_broadcast(1, k, k, K * k)
+        a.weights.sync()
 
     def read() -> tuple[int, int]:
         h = a._health()  # what the metrics thread serves
@@ -183,7 +203,7 @@ def test_actor_never_reports_a_mixed_pair():
 
     n, mixed = _hammer(write, read)
     assert not mixed, f"{len(mixed)} of {n} reads were mixed: {mixed[:5]}"
-    assert a.held == a.pending and a.held.version == K * a.held.seq
+    assert a.held.seq > 100 and a.held.version == K * a.held.seq
 
 
 def test_actor_ignores_an_older_announcement():
@@ -191,7 +211,8 @@ def test_actor_ignores_an_older_announcement():
     a._note_seq(3, 21)
     a._note_seq(2, 14)  # a late PUB message after a hub reply that was ahead
     assert a.pending == WeightRef(3, 21)
-    a._catch_up_weights()
+    a.weights.rdv.publish_broadcast(1, 1, 3, 21)
+    a.weights.sync()
     assert a.held == WeightRef(3, 21)
 
 
