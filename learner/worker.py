@@ -147,7 +147,7 @@ class Rank0:
         m.distinct_2.set(d2)
         for s in stale:
             m.staleness.observe(s)
-        row = dict(step=step, version=v, seconds=round(seconds, 3), samples_per_s=round(nseq / seconds, 2),
+        row = dict(step=step, version=v, prompt_ids=[g.prompt_id for g in groups], seconds=round(seconds, 3), samples_per_s=round(nseq / seconds, 2),
                    staleness_mean=sum(stale) / len(stale), distinct_ratio=div, distinct_2=d2,
                    broadcast_seconds=round(self.broadcaster.last_seconds, 3), **stats)
         self.step_log.write(json.dumps(row) + "\n")
