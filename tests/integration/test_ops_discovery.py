@@ -15,7 +15,7 @@ its own loopback address (127.0.0.x) at the pod's annotated port, so a target
 that relabelling points at the wrong port or pod is down or serves another
 pod's series. Asserted through Prometheus's HTTP API: every role's pods are
 kept, one target each, and up; a foreign annotated pod and a finished learner
-are dropped; the alert rules load.
+and actor are dropped; the alert rules load.
 """
 from __future__ import annotations
 
@@ -120,11 +120,17 @@ def _pods_of(workload: dict, next_ip) -> list[Pod]:
     kind, name = workload["kind"], workload["metadata"]["name"]
     ns, tmpl = workload["metadata"]["namespace"], workload["spec"]["template"]
     if kind == "Job":
+        # Indexed (learner and actors): one pod per index up to parallelism
+        assert workload["spec"]["completionMode"] == "Indexed", name
         uid = str(uuid.uuid4())
-        labels = {"batch.kubernetes.io/job-name": name, "job-name": name, "batch.kubernetes.io/controller-uid": uid,
-                  "controller-uid": uid, "batch.kubernetes.io/job-completion-index": "0"}
-        return [Pod(f"{name}-0-{_rand()}", ns, next_ip(), tmpl, ("Job", name), labels,
-                    {"batch.kubernetes.io/job-completion-index": "0"})]
+        pods = []
+        for i in range(workload["spec"].get("parallelism", 1)):
+            labels = {"batch.kubernetes.io/job-name": name, "job-name": name,
+                      "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid,
+                      "batch.kubernetes.io/job-completion-index": str(i)}
+            pods.append(Pod(f"{name}-{i}-{_rand()}", ns, next_ip(), tmpl, ("Job", name), labels,
+                            {"batch.kubernetes.io/job-completion-index": str(i)}))
+        return pods
     if kind == "StatefulSet":
         return [Pod(f"{name}-{i}", ns, next_ip(), tmpl, ("StatefulSet", name),
                     {"statefulset.kubernetes.io/pod-name": f"{name}-{i}"}, {})
@@ -180,11 +186,13 @@ def cluster():
             "prometheus.io/scrape": "true", "prometheus.io/port": "8080"}},
             "spec": {"containers": [{"name": "web", "image": "web:1.0", "ports": [{"containerPort": 8080}]}]}}
         dropped.append(Pod(f"web-{_rand()}", ns, next_ip(), foreign, ("ReplicaSet", "web-1"), {}, {}))
-        # A learner from a finished run (Job complete): nothing to scrape.
-        [job] = [w for w in scraped if w["kind"] == "Job"]
-        done = _pods_of(job, next_ip)[0]
-        done.name, done.phase = f"flowrl-learner-0-{_rand()}", "Succeeded"
-        dropped.append(done)
+        # A learner and an actor from a finished run (their Jobs complete, the
+        # pods Succeeded): nothing to scrape.
+        for name in ("flowrl-learner", "flowrl-actors"):
+            [job] = [w for w in scraped if w["kind"] == "Job" and w["metadata"]["name"] == name]
+            done = _pods_of(job, next_ip)[0]
+            done.name, done.phase = f"{name}-0-{_rand()}", "Succeeded"
+            dropped.append(done)
     pods = kept + dropped
     try:
         for p in pods:

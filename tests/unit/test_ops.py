@@ -3,8 +3,11 @@
 Metric names in alerts and dashboard exist; every overlay, rendered by a real
 kubectl (kustomize), validates strictly against the Kubernetes API schemas
 (kubernetes-validate, offline), meets Pod Security "restricted" with read-only
-roots, pins its images and runs the learner as a resumable Job; each overlay's
-learner config and command lines pass the roles' own parsers and validation;
+roots, pins its images, runs the learner as a resumable Job and the actors as
+an elastic Indexed Job within the learner's seats; each overlay's learner
+config and command lines pass the roles' own parsers and validation, with the
+CURVE Secrets (as ops/README.md creates them) projected into the mounts;
+NetworkPolicies select the pods that exist;
 the operator forms (PodMonitor, PrometheusRule, dashboard ConfigMap) match
 their sources; promtool checks and unit-tests the rules, every alert both
 firing and quiet; hadolint lints the Dockerfile. The tools come from
@@ -124,18 +127,19 @@ def test_yaml_parses(path):
     docs = _yaml_docs(path)
     assert docs
     for doc in docs:
-        if "apiVersion" in doc and doc.get("kind") != "Kustomization":
+        if "apiVersion" in doc and doc.get("kind") not in ("Kustomization", "Component"):
             assert doc["metadata"]["name"], path
 
 
-@pytest.mark.parametrize("kdir", ["base"] + [f"overlays/{o}" for o in OVERLAYS])
+@pytest.mark.parametrize("kdir", ["base", "components/curve"] + [f"overlays/{o}" for o in OVERLAYS])
 def test_kustomization_references_exist(kdir):
     d = K8S / kdir
     k = yaml.safe_load((d / "kustomization.yaml").read_text())
     refs = list(k.get("resources", []))
     refs += [p["path"] for p in k.get("patches", []) if "path" in p]
     refs += [f for g in k.get("configMapGenerator", []) for f in g.get("files", [])]
-    assert refs
+    refs += list(k.get("components", []))
+    assert refs or k.get("patches")
     for ref in refs:
         assert (d / ref).exists(), f"{kdir}: {ref} does not exist"
 
@@ -240,23 +244,84 @@ def _learner_knows(flag: str, capsys) -> bool:
     return flag in capsys.readouterr().out
 
 
+# -- CURVE: the Secrets of ops/README.md, projected as the kubelet would ---------
+
+SECRET_CMD_RE = re.compile(r"kubectl (?:-n \S+ )?create secret generic (\S+)((?:\s*\\?\s*--from-file=\S+)+)")
+
+
+def _documented_secrets() -> dict[str, dict[str, str]]:
+    """{secret: {key: path under the `python -m common.keys` folder}} from the
+    `kubectl create secret` commands in ops/README.md."""
+    found = {}
+    for name, files in SECRET_CMD_RE.findall((OPS / "README.md").read_text()):
+        entries = {}
+        for spec in re.findall(r"--from-file=(\S+)", files):
+            key, _, path = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
+            entries[key] = path.split("flowrl-keys/", 1)[1]
+        found[name] = entries
+    return found
+
+
+def _curve_volumes(workload: dict) -> dict[str, dict]:
+    """{mountPath: secret volume} of the first container's Secret mounts."""
+    pod = workload["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in _container(workload).get("volumeMounts", [])
+            if m["name"] in secrets}
+
+
+def _project(secret_vol: dict, keydir: Path, dest: Path) -> Path:
+    """What the kubelet writes for this Secret volume, from the documented Secret."""
+    secret = _documented_secrets().get(secret_vol["secretName"])
+    assert secret, f"ops/README.md does not say how to create Secret {secret_vol['secretName']}"
+    items = secret_vol.get("items") or [{"key": k, "path": k} for k in secret]
+    for it in items:
+        assert it["key"] in secret, f"{secret_vol['secretName']} has no key {it['key']}"
+        out = dest / it["path"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes((keydir / secret[it["key"]]).read_bytes())
+    return dest
+
+
+def _with_curve(args: list[str], workload: dict, tmp_path: Path) -> list[str]:
+    """args with --curve-dir pointed at the projected Secret mount (checked to be one)."""
+    out = []
+    for a in args:
+        if a.startswith("--curve-dir="):
+            path = a.split("=", 1)[1]
+            vols = _curve_volumes(workload)
+            assert path in vols, f"{workload['metadata']['name']}: --curve-dir={path} is no Secret mount"
+            from common import keys
+            keydir = tmp_path / "flowrl-keys"
+            if not keydir.exists():
+                keys.write(keydir)
+            a = "--curve-dir=" + str(_project(vols[path], keydir, tmp_path / workload["metadata"]["name"]))
+        out.append(a)
+    return out
+
+
+def _actor_seeds(actors: dict, n: int) -> list[int]:
+    from actors.__main__ import parse_args as actor_args
+    args = [a for a in _container(actors)["args"][1:] if not a.startswith("--curve-dir=")]  # keys: checked apart
+    return [actor_args([a.replace("$(ACTOR_INDEX)", str(i)) for a in args]).seed for i in range(n)]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_roles_agree(overlay, tmp_path):
     from actors.__main__ import parse_args as actor_args
     from learner.__main__ import parse_args as learner_args
 
     docs = _render(f"overlays/{overlay}")
-    job, actors = _get(docs, "Job", "flowrl-learner"), _get(docs, "Deployment", "flowrl-actors")
+    job, actors = _get(docs, "Job", "flowrl-learner"), _get(docs, "Job", "flowrl-actors")
     sandbox = _get(docs, "Deployment", "flowrl-sandbox")
     toml = tmp_path / "learner.toml"
     toml.write_text(_get(docs, "ConfigMap", "flowrl-learner-config")["data"]["learner.toml"])
 
     # learner: its own parser and validate(), with the pod's variables filled
-    # in; --resume is checked by test_learner_job_resumes (it may not exist yet)
+    # in and the CURVE Secret projected where it is mounted
     lc = _container(job)
     assert lc["args"][0] == "learner"
-    argv = [a for a in _learner_argv(job, toml) if not a.startswith("--resume")]
-    cfg, gpus = learner_args(argv)  # raises ConfigError on a bad field or combination
+    cfg, gpus = learner_args(_with_curve(_learner_argv(job, toml), job, tmp_path))  # ConfigError if refused
     # the advertised name is the Indexed Job pod's DNS name: hostname.subdomain
     pod_spec = job["spec"]["template"]["spec"]
     assert cfg.advertise_host == f"{job['metadata']['name']}-0.{pod_spec['subdomain']}"
@@ -264,11 +329,16 @@ def test_overlay_roles_agree(overlay, tmp_path):
     assert env["JOB_NAME"] == "metadata.labels['batch.kubernetes.io/job-name']"
     assert env["JOB_INDEX"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
-    # fixed weight-group membership: one seat per actor pod
-    a = actor_args(_container(actors)["args"][1:])
+    # one seat per actor pod; the Job runs between min_actors and the seats
+    a = actor_args(_with_curve([x.replace("$(ACTOR_INDEX)", "0") for x in _container(actors)["args"][1:]],
+                               actors, tmp_path))
     a.validate()
     assert a.n == 1
-    assert cfg.actors == actors["spec"]["replicas"], "learner.toml `actors` must equal the actor replicas"
+    parallelism = actors["spec"]["parallelism"]
+    assert cfg.min_actors <= parallelism <= cfg.actors, \
+        f"actors Job parallelism {parallelism} outside [min_actors {cfg.min_actors}, seats {cfg.actors}]"
+    # waits for the learner with backoff: a long hello timeout would only delay a retry
+    assert a.connect_timeout_s <= 60
     assert a.model == cfg.model
     assert _port(a.learner) == _port(cfg.bind)
     assert a.learner.split("//")[1].split(":")[0] == pod_spec["subdomain"]
@@ -293,6 +363,10 @@ def test_overlay_roles_agree(overlay, tmp_path):
 
     # Prometheus scrapes the port each role serves /metrics on
     sandbox_metrics = int(next(x.split("=", 1)[1] for x in sc["args"] if x.startswith("--metrics-port=")))
+    out = subprocess.run([sys.executable, "-m", "reward_sandbox", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    for flag in {x.split("=", 1)[0] for x in sc["args"][1:]}:
+        assert flag in out.stdout, f"reward_sandbox has no {flag}"
     for obj, port in ((job, cfg.metrics_port), (actors, a.metrics_port), (sandbox, sandbox_metrics)):
         ann = obj["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port
@@ -368,9 +442,8 @@ def test_learner_job_lifecycle(overlay):
     assert all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
     prio = _get(docs, "PriorityClass", pod["priorityClassName"])
     assert prio["value"] > 0 and not prio.get("globalDefault")
-    # actors: a Deployment (scaled with replicas), with time to hand work back
-    actors = _get(docs, "Deployment", "flowrl-actors")
-    assert actors["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    # actors: their own test (test_actors_job_lifecycle)
+    assert checkpoint_every_of(docs) > 0, "learner.toml: checkpoint_every bounds the steps a crash loses"
     # run_dir must survive a pod restart where the overlay claims persistence
     runs = next(v for v in pod["volumes"] if v["name"] == "runs")
     if overlay == "gpu":
@@ -378,19 +451,121 @@ def test_learner_job_lifecycle(overlay):
         assert _get(docs, "PersistentVolumeClaim", claim) and "emptyDir" not in runs
 
 
+def checkpoint_every_of(docs) -> int:
+    return tomllib.loads(_get(docs, "ConfigMap", "flowrl-learner-config")["data"]["learner.toml"]).get(
+        "checkpoint_every", 0)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_learner_job_resumes(overlay, tmp_path, capsys):
-    """The Job's `--resume=auto` must pass the learner's parser. The flag comes
-    with checkpoint resume (another issue): until the learner knows it, this
-    is an expected failure, reported as xfail, never a pass."""
+    """The Job's learner resumes: the parser takes `--resume=auto` (the
+    learner's own flag, not a --set), and run_dir, where checkpoints go, is on
+    the `runs` volume, not the read-only root or a cache."""
     docs = _render(f"overlays/{overlay}")
     job = _get(docs, "Job", "flowrl-learner")
-    if not _learner_knows("--resume", capsys):
-        pytest.xfail("python -m learner has no --resume yet; the learner Job passes --resume=auto")
+    assert _learner_knows("--resume", capsys), "python -m learner has no --resume"
     from learner.__main__ import parse_args
     toml = tmp_path / "learner.toml"
     toml.write_text(_get(docs, "ConfigMap", "flowrl-learner-config")["data"]["learner.toml"])
-    parse_args(_learner_argv(job, toml))
+    cfg, _ = parse_args(_with_curve(_learner_argv(job, toml), job, tmp_path))
+    assert cfg.resume == "auto"
+    runs = next(m["mountPath"] for m in _container(job)["volumeMounts"] if m["name"] == "runs")
+    assert cfg.run_dir.startswith(runs.rstrip("/") + "/"), f"run_dir {cfg.run_dir} is not on the runs volume"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_actors_job_lifecycle(overlay):
+    """Actors stop when the run is done and scale while it goes on: an
+    Indexed Job (each index complete when its actor exits 0) with
+    completions = parallelism (elastic: patched together), never a
+    Deployment (it would restart actors that exited 0) nor the work-queue
+    form (one exit 0 there stops all pod creation)."""
+    docs = _render(f"overlays/{overlay}")
+    assert not [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "flowrl-actors"]
+    actors = _get(docs, "Job", "flowrl-actors")
+    spec, pod = actors["spec"], actors["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec.get("completions") is not None and spec["completions"] == spec["parallelism"] >= 1
+    assert pod["restartPolicy"] == "OnFailure"
+    assert spec["backoffLimit"] >= 3 * spec["parallelism"], "backoffLimit counts every actor's restarts, all run"
+    assert not spec.get("activeDeadlineSeconds"), "a run's length is not known in advance"
+    assert pod["terminationGracePeriodSeconds"] >= 30, "time to hand leases back on SIGTERM"
+    # the completion index reaches the container, and gives every pod its own seeds
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in _container(actors)["env"]}
+    assert env["ACTOR_INDEX"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    seeds = _actor_seeds(actors, 32)
+    assert len(set(seeds)) == len(seeds), "actor pods share sampling seeds"
+    assert min(abs(x - y) for x in seeds for y in seeds if x != y) >= 10 ** 6, "seed streams overlap"
+
+
+def test_seed_check_catches_a_shared_seed():
+    actors = {"spec": {"template": {"spec": {"containers": [{"args": ["actors", "--seed=7"]}]}}}}
+    assert len(set(_actor_seeds(actors, 4))) == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_networkpolicies_select_existing_pods(overlay):
+    """Each NetworkPolicy, and each peer it names, selects a workload's pod
+    template in the overlay: a policy whose selector matches nothing lets
+    traffic through (target) or blocks it (peer) without a word."""
+    docs = _render(f"overlays/{overlay}")
+    templates = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in _workloads(docs)}
+
+    def matches(sel: dict) -> set[str]:
+        return {n for n, labels in templates.items()
+                if all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items())}
+
+    pols = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    targets = [matches(p["spec"]["podSelector"]) for p in pols]
+    assert sorted(len(t) for t in targets) == [1] * len(pols), targets
+    assert set().union(*targets) == set(templates), "a workload without a NetworkPolicy"
+    for p in pols:
+        for rule in p["spec"].get("ingress", []) + p["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    assert matches(peer["podSelector"]), (p["metadata"]["name"], peer)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_curve_secrets_wiring(overlay, tmp_path):
+    """gpu runs CURVE, cpu-demo does not. With it, every role has --curve-dir
+    on a read-only Secret mount, and the Secrets (as ops/README.md creates
+    them) project into exactly what that role's key loader reads."""
+    from common import keys
+    docs = _render(f"overlays/{overlay}")
+    roles = {"flowrl-learner": keys.load_server, "flowrl-sandbox": keys.load_server, "flowrl-actors": keys.load_client}
+    keydir = tmp_path / "flowrl-keys"
+    keys.write(keydir)
+    on = []
+    for w in _workloads(docs):
+        name = w["metadata"]["name"]
+        dirs = [a.split("=", 1)[1] for a in _container(w)["args"] if a.startswith("--curve-dir=")]
+        if not dirs:
+            assert not _curve_volumes(w), f"{name}: a key Secret mounted but CURVE off"
+            continue
+        on.append(name)
+        [d] = dirs
+        vols = _curve_volumes(w)
+        assert d in vols, f"{name}: --curve-dir={d} is not a Secret mount"
+        mount = next(m for m in _container(w)["volumeMounts"] if m["mountPath"] == d)
+        assert mount.get("readOnly") is True, name
+        assert vols[d].get("defaultMode", 0o644) & 0o077 <= 0o040, f"{name}: keys readable by others"
+        projected = _project(vols[d], keydir, tmp_path / name)
+        roles[name](projected)  # raises KeyFileError on a missing or wrong file
+        needed = keys.SERVER_FILES if roles[name] is keys.load_server else keys.CLIENT_FILES
+        assert not keys.missing(projected, needed), name
+        if roles[name] is keys.load_client:
+            assert not (projected / "server.key_secret").exists(), f"{name}: gets the servers' secret key"
+    assert sorted(on) == ([] if overlay == "cpu-demo" else sorted(roles)), on
+
+
+def test_curve_projection_catches_a_wrong_item(tmp_path):
+    from common import keys
+    keys.write(tmp_path / "flowrl-keys")
+    vol = {"secretName": "flowrl-curve-server", "items": [{"key": "server.key_secret", "path": "server.key_secret"},
+                                                          {"key": "client.key", "path": "client.key"}]}
+    with pytest.raises(keys.KeyFileError):
+        keys.load_server(_project(vol, tmp_path / "flowrl-keys", tmp_path / "out"))
 
 
 # Pod Security Standards "restricted" (v1.30+), the checks that apply to these
