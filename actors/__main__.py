@@ -57,6 +57,7 @@ class Launcher:
         self.restarts = {i: 0 for i in range(cfg.n)}
         self.due: dict[int, float] = {}  # index -> when to restart it
         self.stopping = False
+        self.failed = False  # an actor failed for good: the launcher exits 2 in the end
 
     def start(self, i: int) -> None:
         p = self.ctx.Process(target=self.target, args=(self.cfg, i), name=f"actor{i}")
@@ -75,6 +76,7 @@ class Launcher:
                     continue
                 if p.exitcode == 2:  # a known, permanent failure (bad model): restarting cannot help
                     print(f"actors: actor {i} failed; not restarting it", file=sys.stderr, flush=True)
+                    self.failed = True
                     continue
                 self.restarts[i] += 1
                 delay = min(2.0 ** self.restarts[i], 60.0)
@@ -88,7 +90,7 @@ class Launcher:
             if self.stopping:
                 self.due.clear()
             time.sleep(0.2)
-        return 0
+        return 2 if self.failed else 0
 
     def terminate(self, signum=None, frame=None) -> None:
         """SIGTERM/SIGINT: each actor hands its leases back and exits 0."""

@@ -236,7 +236,8 @@ class Actor:
             except (TimeoutError, RemoteScoringError) as e:
                 self.metrics.score_failures.inc()
                 log.warning("actor %d: scoring failed (try %d of %d): %s", self.index, attempt, SCORE_TRIES, e)
-                time.sleep(min(2.0 ** attempt, BACKOFF_MAX_S))
+                if attempt < SCORE_TRIES:
+                    time.sleep(min(2.0 ** (attempt - 1), BACKOFF_MAX_S))
         return None
 
     def leave(self) -> None:

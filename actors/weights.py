@@ -78,7 +78,7 @@ class WeightFollower:
                 self.skip = g
                 return
             self.generation = g
-        while self.received < self.rdv.count(g):
+        while self.generation == g and self.received < self.rdv.count(g):
             self._receive(g, self.received + 1)
 
     def _receive(self, g: int, k: int) -> None:
@@ -88,6 +88,7 @@ class WeightFollower:
             nbytes = self.engine.receive_weights()
         except RuntimeError as e:  # the learner gave up on this broadcast, or a peer died
             log.warning("%s: receiving version %d failed: %s; waiting for a new group", self.actor_id, version, e)
+            self.rdv.confirm(g, k, self.rank, ok=False)  # alive: the learner re-forms the group, keeps us
             self.held = WeightRef(self.held.seq, INVALID)
             self.leave()
             self.skip = g

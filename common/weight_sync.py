@@ -157,7 +157,7 @@ class Rendezvous:
         self.store.add(f"gen/{generation}/count", 1)
 
     def missing_done(self, generation: int, k: int, world_size: int, wait_s: float) -> list[int]:
-        """Ranks that have not confirmed broadcast k after waiting up to ``wait_s``."""
+        """Ranks that have not answered broadcast k (loaded or failed) after waiting up to ``wait_s``."""
         keys = [f"gen/{generation}/done/{k}/{r}" for r in range(1, world_size)]
         try:
             self.store.wait(keys, timedelta(seconds=wait_s))
@@ -180,8 +180,12 @@ class Rendezvous:
         seq, version = self.store.get(f"gen/{generation}/b/{k}").split()
         return int(seq), int(version)
 
-    def confirm(self, generation: int, k: int, rank: int) -> None:
-        self.store.set(f"gen/{generation}/done/{k}/{rank}", "1")
+    def confirm(self, generation: int, k: int, rank: int, ok: bool = True) -> None:
+        """Broadcast k loaded (``ok``), or failed here while this member lives on."""
+        self.store.set(f"gen/{generation}/done/{k}/{rank}", "1" if ok else "0")
+
+    def failed_here(self, generation: int, k: int, rank: int) -> bool:
+        return self.store.get(f"gen/{generation}/done/{k}/{rank}") == b"0"
 
 
 class WeightGroup:
@@ -230,7 +234,7 @@ class WeightGroup:
                 store.wait(keys, timedelta(seconds=spec.timeout_s))
             except dist.DistStoreError as e:  # a timeout: someone never came
                 missing = [r for r, k in enumerate(keys, 1) if not store.check([k])]
-                store.set(_BACKEND_KEY, f"error:members {missing} did not join in time")
+                store.set(_BACKEND_KEY, f"missing:members {missing} did not join in time")
                 raise MembersMissing(missing, f"weight group generation {spec.generation}: ranks {missing} "
                                               f"did not join within {spec.timeout_s:.0f} s") from e
             members = [store.get(k).decode() or None for k in keys]
@@ -242,7 +246,9 @@ class WeightGroup:
             store.set(_BACKEND_KEY, backend)
             return backend
         backend = store.get(_BACKEND_KEY).decode()  # blocks until rank 0 has decided
-        if backend.startswith("error:"):
+        if backend.startswith("missing:"):  # this generation failed to form: wait for the next one
+            raise MembersMissing([], backend.removeprefix("missing:"))
+        if backend.startswith("error:"):  # a setting no generation can satisfy
             raise ValueError(backend.removeprefix("error:"))
         return backend
 

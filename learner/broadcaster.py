@@ -108,15 +108,21 @@ class Broadcaster(threading.Thread):
             return
         version, named, ready = self._latest
         k = self._sent_on_group + 1
+        wait_s, broken = self.spec.timeout_s, False
         try:
             self._broadcast(self._group, version, named, ready, generation_k=k)
         except RuntimeError as e:  # a member died mid-broadcast (gloo/NCCL error or timeout)
             log.warning("broadcast of version %d failed: %s", version, e)
+            wait_s, broken = min(wait_s, 3.0), True  # the living answer within moments
         self._sent_on_group = k
-        failed = self.rdv.missing_done(self.generation, k, len(self._group_members) + 1,
-                                       wait_s=self.spec.timeout_s)
-        if failed:
-            self._drop([self._group_members[r - 1] for r in failed], "broadcast")
+        n = len(self._group_members) + 1
+        silent = self.rdv.missing_done(self.generation, k, n, wait_s=wait_s)
+        # One dead member breaks the collective for all: the living say so and stay members;
+        # only the silent are evicted. Either way the group is formed anew.
+        broken = broken or any(self.rdv.failed_here(self.generation, k, r) for r in range(1, n)
+                               if r not in silent)
+        if silent or broken:
+            self._drop([self._group_members[r - 1] for r in silent], "broadcast")
         else:
             self._group_version = version
 

@@ -162,9 +162,10 @@ class Rank0:
             # Finish the last broadcast while the hub still serves, so actors can take it.
             self.broadcaster.finish(self.cfg.broadcast_timeout_s)
         self.state.stopping = "shutdown" if finished else "stopping"
-        time.sleep(1.0)  # let actors polling the hub hear it
+        # The hub keeps answering for the linger: actors polling it (a restarted one too) hear
+        # that the run is over, and a scraper sees the final metrics.
+        time.sleep(max(1.0, self.cfg.linger_s))
         self.hub.stop()
-        time.sleep(self.cfg.linger_s)
         self.server.close()
         if self.step_log is not None:
             self.step_log.close()

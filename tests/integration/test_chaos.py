@@ -1,7 +1,8 @@
 """Chaos: a learner and actors from three launchers over one epoch, broken on purpose.
 
 kill -9 one actor launcher mid-run (its actor dies with it), kill -9 the learner
-and restart it with ``--resume auto``, and start a new launcher late. The run
+and restart it with ``--resume auto``, start a new launcher late, and kill -9 one
+actor process (its launcher restarts it). The run
 must end by itself: learner and surviving launchers exit 0, steps.jsonl holds
 steps 1..S with every prompt exactly once, the eviction is counted before the
 learner dies and the resume after it comes back.
@@ -12,7 +13,7 @@ import time
 
 from tests.integration.helpers import free_ports, metrics, start, wait_for
 
-PROMPTS = 24
+PROMPTS = 200
 GROUPS_PER_STEP = 2
 
 
@@ -25,7 +26,7 @@ def _learner(model, ports, run_dir, log):
                   "--set", "epochs=1", "--set", f"num_prompts={PROMPTS}", "--set", f"groups_per_step={GROUPS_PER_STEP}",
                   "--set", "sampling.n=4", "--set", "sampling.max_tokens=8", "--set", "max_staleness=2",
                   "--set", "broadcast_timeout_s=15", "--set", "actor_timeout_s=20", "--set", "lease_timeout_s=30",
-                  "--set", "lr=1e-3", "--set", "linger_s=3"], log)
+                  "--set", "lr=1e-3", "--set", "linger_s=15"], log)
 
 
 def _launcher(model, router, log):
@@ -72,6 +73,12 @@ def test_run_survives_actor_and_learner_kills(tmp_path):
                            "resume", *live("learner2", "a", "c"))
         wait_for(lambda: _steps(lmetrics) >= 1, 180, "training after the learner kill", *live("learner2", "a", "c"))
         learner_recovery_s = time.monotonic() - t_kill
+        # an actor process (not its launcher) crashes: the launcher restarts it, the others go on
+        import psutil
+        (child,) = [c for c in psutil.Process(procs["a"].pid).children()
+                    if "resource_tracker" not in " ".join(c.cmdline())]
+        child.kill()
+        wait_for(lambda: "restarting in" in logs["a"].read_text(), 30, "actor restart", *live("learner2", "a", "c"))
         final = wait_for(lambda: metrics(lmetrics) if procs["learner2"].poll() is None else None, 5, "metrics")
         assert procs["learner2"].wait(timeout=240) == 0, logs["learner2"].read_text()[-3000:]
         for name in ("a", "c"):
