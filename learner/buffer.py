@@ -124,25 +124,24 @@ class ReplayBuffer:
         """Re-queue, at once, the prompts of ``actor_id``'s leases (all of them when
         ``lease_ids`` is None); returns how many prompts went back."""
         with self._cond:
-            ids = [lid for lid, lease in self.leases.items() if lease.actor_id == actor_id
-                   and (lease_ids is None or lid in lease_ids)]
-            n = 0
-            for lid in ids:
-                back = self.leases.pop(lid).prompt_ids
-                self.pending.extendleft(sorted(back, reverse=True))
-                n += len(back)
+            n = self._requeue_locked([lid for lid, lease in self.leases.items() if lease.actor_id == actor_id
+                                      and (lease_ids is None or lid in lease_ids)])
             self.stats.released += n
             return n
 
     def _expire_locked(self) -> int:
         now = self.clock()
-        dead = [lid for lid, lease in self.leases.items() if lease.deadline <= now]
+        n = self._requeue_locked([lid for lid, lease in self.leases.items() if lease.deadline <= now])
+        self.stats.expired += n
+        return n
+
+    def _requeue_locked(self, lease_ids: list[int]) -> int:
+        """End these leases; their prompts go to the front of the queue. Returns how many."""
         n = 0
-        for lid in dead:
+        for lid in lease_ids:
             ids = self.leases.pop(lid).prompt_ids
             self.pending.extendleft(sorted(ids, reverse=True))
             n += len(ids)
-        self.stats.expired += n
         return n
 
     # ------------------------------------------------------------ trainer side
