@@ -72,11 +72,14 @@ def throughput(engine, ps, sampling, rounds: int) -> tuple[float, list]:
 
 def weight_updates(engine, model, k: int) -> list[float]:
     """Seconds per update: the learner's broadcast of every weight and vLLM's reload of it."""
+    import socket
+
     from common.weight_sync import WeightGroup, WeightGroupSpec, make_manifest
-    from tests.integration.helpers import free_ports
 
     named = [(n, p.detach().clone()) for n, p in model.named_parameters()]
-    (port,) = free_ports(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     spec = WeightGroupSpec("127.0.0.1", port, 2, 0, "gloo", timeout_s=300)
     ready = threading.Event()
 
