@@ -15,6 +15,11 @@ from learner.config import LearnerConfig
     ({"sampling.n": 1}, "sampling.n"),
     ({"sampling.top_p": 0.0}, "sampling.top_p"),
     ({"zero_stage": 4}, "zero_stage"),
+    ({"zero_stage": 3}, "zero_stage"),  # the broadcast needs whole parameters
+    ({"sampling.top_p": 0.9}, "sampling.top_p"),  # engines can't record the full-softmax log-prob
+    ({"weight_backend": "mpi"}, "weight_backend"),
+    ({"resume": ""}, "resume"),
+    ({"min_actors": 3, "actors": 2}, "min_actors"),
     ({"lr": "fast"}, "lr"),
     ({"algo.bogus": 1}, "algo.bogus"),
     ({"max_steps": 0, "epochs": 0}, "max_steps"),
