@@ -1,26 +1,19 @@
-"""The demo: FlowRL on the embedded SmolLM2-135M-Instruct and the built-in
+"""The demo: FlowRL on the embedded SmolLM2-135M-Instruct and a built-in
 arithmetic task, on CPU, with the learner and a vLLM actor as separate
 processes (the same commands a cluster runs). It measures the policy on
 held-out prompts before and after training, shows a live table, serves the
 learner's /metrics, and ends with a PNG and ``summary.json``.
 
-    python -m learner.demo [--seed 0] [--steps 40] [--out runs/demo]
+    python -m learner.demo [--seed 0] [--steps 15] [--out runs/demo]
 
 It launches ``python -m learner.eval``, ``python -m learner`` and
 ``python -m actors`` as subprocesses and only reads what they publish
-(eval JSON, steps.jsonl, /metrics); it imports none of the roles.
+(eval JSON, steps.jsonl, /metrics); of the project it imports only the held-out
+split (common.data) and the standard-error helpers of learner.eval.
 
-Why these settings (README "The demo" says the same for users):
-- task: arithmetic a op b with operands up to 20; the base model gets about a
-  third right at temperature 1, so most groups of 8 hold both right and wrong
-  answers (a group that is all right or all wrong carries no signal);
-- held-out: prompts never among the 512 trained on (common.data.held_out),
-  8 samples each, before and after on the same prompts, so that the gain's
-  standard error is that of per-prompt differences;
-- β = 15 (the paper's) with a gradient clip of 1.0: AdamW divides the clipped
-  gradient by its running scale, so the clip does not shrink the step while
-  δ² is 100+; the step size is the learning rate, 1e-5 here, large enough to
-  move a 135M model in ~40 steps and small enough not to collapse it.
+The default settings (task arithmetic_small, 15 steps of 2 prompts × 8
+samples, temperature 0.6, lr 3e-5, β = 15, 128 held-out prompts × 4 samples)
+and what was learnt choosing them are in README.md, "The demo".
 """
 from __future__ import annotations
 
