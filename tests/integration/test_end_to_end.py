@@ -29,7 +29,9 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, rew
     router, pub, weights, lmetrics, sandbox, smetrics = free_ports(6)
     ametrics = consecutive_free_ports(2)
     llog, alog = tmp_path / "learner.log", tmp_path / "actors.log"
+    # --min-actors 2: no work before both joined, so both hold the final weights at the end
     learner = start(["learner", "--gpus", str(gpus), "--model", model, "--max-steps", "3", "--actors", "2",
+                     "--min-actors", "2",
                      "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
                      "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
                      "--set", "groups_per_step=2", "--set", f"sampling.max_tokens={max_tokens}", "--set", "micro_batch_seqs=4",
