@@ -22,6 +22,7 @@ One code path for both backends; what differs on GPU is handled here:
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -148,7 +149,6 @@ class Rendezvous:
 
     # learner side
     def publish_generation(self, generation: int, members: list[str]) -> None:
-        import json
         self.store.set(f"gen/{generation}/members", json.dumps(members))
         self.store.set("current", str(generation))
 
@@ -170,7 +170,6 @@ class Rendezvous:
         return int(self.store.get("current")) if self.store.check(["current"]) else None
 
     def members(self, generation: int) -> list[str]:
-        import json
         return json.loads(self.store.get(f"gen/{generation}/members"))
 
     def count(self, generation: int) -> int:

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from common import transport
-from common.protocol import (SCHEMA_VERSION, Ack, Completion, Error, Heartbeat, Hello, Trajectories, Welcome, Work,
+from common.protocol import (SCHEMA_VERSION, Ack, Completion, Error, Heartbeat, Trajectories, Welcome, Work,
                              WorkRequest, encode)
 from learner import hub as hub_module
 from tests.unit.test_ingest_validation import (MAX_ABS_SCORE, N, VOCAB, Peer, received, rejected, running_hub,
