@@ -2,6 +2,13 @@
 per prompt, score them, send each group back, and take new weights from the
 learner's broadcast between generation batches.
 
+Streaming: the next batch generates (in a worker thread) while the previous
+one is scored and sent, group by group as each is scored. Groups go out
+without waiting for their acks, up to ``send_window`` unacked; the hub answers
+in order, so every later request collects the acks before its own reply.
+Weights change only between generations, when none is running, and each batch
+is tagged with the version of the weights it was generated with.
+
 It outlives the learner. A learner that stops answering (heartbeats every
 idle moment, a reply timeout of ``reply_timeout_s``), restarts, or says it is
 stopping is waited for with backoff; the actor then says hello again and
@@ -20,6 +27,8 @@ import socket
 import sys
 import time
 import uuid
+from concurrent import futures
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
@@ -32,13 +41,29 @@ from common import transport
 from common.keys import ClientKeys, load_client
 from common.metrics import ActorMetrics, MetricsServer, WeightSyncMetrics
 from common.models import load_tokenizer
-from common.protocol import (Completion, Error, Heartbeat, Hello, Release, Trajectories, VersionAnnounce, Welcome,
+from common.protocol import (Ack, Completion, Error, Heartbeat, Hello, Release, Trajectories, VersionAnnounce, Welcome,
                              WeightRef, Work, WorkRequest)
 
 log = logging.getLogger("actors")
 
 SCORE_TRIES = 3
 BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A batch generated and not yet scored and sent."""
+
+    work: Work
+    held: WeightRef
+    """The weights it was generated with (its completions carry held.version)."""
+    groups: list
+    """Per prompt, the engine's samples."""
+    texts: list[list[str]]
+    """Per prompt, the decoded completions (what the scorer reads)."""
+    gen_s: float
+    done_at: float
+    """time.monotonic() when the generation ended."""
 
 
 class LearnerGone(Exception):
@@ -74,6 +99,9 @@ class Actor:
         self.curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
         self.sock = self.sub = None
         self.sessions = 0
+        self.unacked: set[tuple[int, int]] = set()  # (lease id, prompt id) sent in this session, not acked
+        # one generation at a time, beside the thread that scores, sends and syncs weights
+        self.pool = futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
         device = f"cuda:{index}" if cfg.device == "cuda" else cfg.device
         self.engine = build_engine(cfg, device, seed=cfg.seed + index)
         self.tokenizer = load_tokenizer(cfg.model)  # decodes completions for scoring, whatever the engine
@@ -95,9 +123,8 @@ class Actor:
         return {"role": "actor", "actor_id": self.actor_id, "policy_version": held.version, "weight_seq": held.seq}
 
     # ------------------------------------------------------------ messaging
-    def _request(self, msg, timeout_s: float | None = None):
-        transport.send(self.sock, msg)
-        timeout_s = timeout_s or self.cfg.reply_timeout_s
+    def _reply(self, timeout_s: float):
+        """The next message from the hub; a lost or refusing learner raises."""
         reply = transport.recv(self.sock, timeout_s)
         if reply is None:
             raise LearnerGone(f"no reply from the learner at {self.cfg.learner} within {timeout_s:.0f} s")
@@ -108,6 +135,33 @@ class Actor:
         if hasattr(reply, "weight_seq"):
             self._note_seq(reply.weight_seq, reply.policy_version)
         return reply
+
+    def _request(self, msg, timeout_s: float | None = None):
+        """Send ``msg`` and return its reply. The hub answers in order, so the acks of every
+        group sent before ``msg`` arrive first: they are taken on the way."""
+        transport.send(self.sock, msg)
+        while True:
+            reply = self._reply(timeout_s or self.cfg.reply_timeout_s)
+            if not isinstance(reply, Ack):
+                return reply
+            self._on_ack(reply)
+
+    def _send_group(self, traj: Trajectories) -> None:
+        """Send without waiting for the ack, as long as fewer than ``send_window`` are unacked."""
+        transport.send(self.sock, traj)
+        self.unacked.add((traj.lease_id, traj.prompt_id))
+        while len(self.unacked) >= self.cfg.send_window:
+            reply = self._reply(self.cfg.reply_timeout_s)
+            if not isinstance(reply, Ack):
+                raise LearnerGone(f"expected an ack, got {type(reply).__name__}")
+            self._on_ack(reply)
+
+    def _on_ack(self, ack: Ack) -> None:
+        self.unacked.discard((ack.lease_id, ack.prompt_id))
+        if ack.accepted:
+            self.metrics.sent.inc()
+        else:
+            self.metrics.rejected.labels(ack.reason).inc()
 
     def _note_seq(self, seq: int, version: int) -> None:
         if seq > self.pending.seq:
@@ -139,6 +193,7 @@ class Actor:
                 s.close(linger=0)
         self.sub = None
         self.sessions += 1
+        self.unacked = set()  # acks of an old session never come
         self.sock = transport.dealer(self.ctx, self.cfg.learner, f"{self.actor_id}/{self.sessions}", curve=self.curve)
 
     def connect(self) -> None:
@@ -164,32 +219,52 @@ class Actor:
         log.info("actor %d: joined run %s as %s", self.index, welcome.run_id, self.actor_id)
 
     def _serve(self) -> None:
+        """The pipeline: batch k+1 generates (in ``self.pool``) while batch k is scored and
+        sent. Weights change only here, between generations, when none is running."""
+        ready: Generated | None = None  # generated, not yet scored and sent
         while True:
             self._poll_announcements()
+            t0 = time.perf_counter()
             self.weights.sync()
+            self.metrics.idle.labels("weights").inc(time.perf_counter() - t0)
             held = self.held
             self.metrics.version.set(held.version)
             work = self._request(WorkRequest(self.actor_id, self.cfg.prompts_per_batch, held.version))
             if not isinstance(work, Work):
                 raise LearnerGone(f"expected work, got {type(work).__name__}")
             if not work.prompts:
-                self._idle(work.retry_after_s)
+                if ready is not None:
+                    self._deliver(ready)
+                    ready = None
+                else:
+                    self._idle(work.retry_after_s)
                 continue
-            self._do(work, held)
+            future = self.pool.submit(self._generate, work, held)
+            try:
+                if ready is not None:
+                    self._deliver(ready)
+            finally:
+                futures.wait([future])  # never leave (and change weights) with a generation running
+            ready = future.result()
+            # a generation that ended before the previous batch was out left the engine idle since
+            self.metrics.idle.labels("scoring").inc(max(0.0, time.monotonic() - ready.done_at))
 
     def _idle(self, seconds: float) -> None:
+        t0 = time.perf_counter()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.sub.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
                 self._poll_announcements()
                 if self.pending.seq > self.held.seq:
-                    return
+                    break
         held = self.held
         self._request(Heartbeat(self.actor_id, held.version, held.seq))
+        self.metrics.idle.labels("no_work").inc(time.perf_counter() - t0)
 
     # ------------------------------------------------------------ one batch
-    def _do(self, work: Work, held: WeightRef) -> None:
-        """Generate with the weights ``held`` names (its version tags every completion)."""
+    def _generate(self, work: Work, held: WeightRef) -> Generated:
+        """Runs in ``self.pool``. Generates with the weights ``held`` names (its version tags
+        every completion); nothing else touches the engine meanwhile."""
         t0 = time.perf_counter()
         groups = self.engine.generate([p.tokens for p in work.prompts], work.sampling,
                                       seed=self.cfg.seed + 1000 * self.index + self.batches)
@@ -199,30 +274,24 @@ class Actor:
         self.metrics.generate_seconds.observe(gen_s)
         self.metrics.tokens.inc(ntok)
         self.metrics.tokens_per_s.set(ntok / max(gen_s, 1e-9))
-        t1 = time.perf_counter()
-        texts = [self.tokenizer.decode(s.tokens, skip_special_tokens=True) for g in groups for s in g]
-        refs = [p.reference for p, g in zip(work.prompts, groups) for _ in g]
-        kinds = [p.kind for p, g in zip(work.prompts, groups) for _ in g]
-        scores = self._score(kinds, texts, refs)
-        if scores is None:  # the scorer kept failing: the prompts go back to the queue now
-            self._request(Release(self.actor_id, [work.lease_id], False))
-            return
-        score_s = time.perf_counter() - t1
-        self.metrics.score_seconds.observe(score_s)
+        texts = [[self.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in g] for g in groups]
+        return Generated(work, held, groups, texts, gen_s, time.monotonic())
+
+    def _deliver(self, batch: Generated) -> None:
+        """Score each group and send it at once; acks are taken later (``_request``)."""
+        t0, scores = time.perf_counter(), []
+        for prompt, samples, texts in zip(batch.work.prompts, batch.groups, batch.texts):
+            group_scores = self._score([prompt.kind] * len(texts), texts, [prompt.reference] * len(texts))
+            if group_scores is None:  # the scorer kept failing: the lease's unsent prompts go back now
+                self._request(Release(self.actor_id, [batch.work.lease_id], False))
+                return
+            scores += group_scores
+            comps = [Completion(s.tokens, s.logprobs, s.finish_reason, sc, batch.held.version)
+                     for s, sc in zip(samples, group_scores)]
+            self._send_group(Trajectories(batch.work.lease_id, self.actor_id, prompt.prompt_id, prompt.tokens,
+                                          comps, {"generate": batch.gen_s, "score": time.perf_counter() - t0}))
+        self.metrics.score_seconds.observe(time.perf_counter() - t0)
         self.metrics.score.set(float(np.mean(scores)))
-        k = 0
-        for prompt, samples in zip(work.prompts, groups):
-            comps = []
-            for s in samples:
-                comps.append(Completion(s.tokens, s.logprobs, s.finish_reason, scores[k], held.version))
-                k += 1
-            traj = Trajectories(work.lease_id, self.actor_id, prompt.prompt_id, prompt.tokens, comps,
-                                {"generate": gen_s, "score": score_s})
-            ack = self._request(traj)
-            if ack.accepted:
-                self.metrics.sent.inc()
-            else:
-                self.metrics.rejected.labels(ack.reason).inc()
 
     def _score(self, kinds: list, texts: list, refs: list) -> list[float] | None:
         """Scores, retried on a scorer failure; None when every try failed."""
@@ -251,6 +320,7 @@ class Actor:
             pass  # nothing to hand back to: the learner is gone or the run is over
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True)  # a generation still running (SIGTERM) ends before the engine does
         self.weights.leave()
         self.engine.close()
         self.scorer.close()

@@ -31,6 +31,9 @@ class ActorConfig:
     """Weights dtype of the engine."""
     prompts_per_batch: int = 4
     """Prompts leased and generated together (credits per work request)."""
+    send_window: int = 16
+    """Trajectory groups sent and not yet acknowledged, at most: beyond it the actor waits for
+    acks (a learner that stops acking stalls it within reply_timeout_s, then it reconnects)."""
     metrics_port: int = 9200
     """Actor i serves /metrics and /health on metrics_port + i; 0 picks free ports."""
     reward_endpoint: str = ""
@@ -41,6 +44,10 @@ class ActorConfig:
     reply_timeout_s: float = 30.0
     """A learner that does not answer a request within this is taken as gone: the actor
     reconnects (and notices a dead or restarted learner within about this long)."""
+    give_up_after_s: float = 0.0
+    """The launcher exits (code 69, one line) once no learner has answered for this long: the
+    run is over or the learner is gone for good. 0: wait forever (local use). Clusters set it
+    above the time a replaced learner takes to come back (ops/README.md)."""
     seed: int = 0
     """Base seed; actor i samples from seed + 1000 * i + batch index."""
     torch_threads: int = 0
@@ -55,6 +62,7 @@ class ActorConfig:
         require(self.engine in ("hf", "vllm"), "engine", f"must be 'hf' or 'vllm', got {self.engine!r}")
         require(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"unsupported {self.dtype!r}")
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be >= 1")
+        require(self.send_window >= 1, "send_window", "must be >= 1")
         require(self.device == "cpu" or self.device == "cuda" or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit()),
                 "device", f"must be 'cpu', 'cuda' or 'cuda:K', got {self.device!r}")
@@ -63,6 +71,7 @@ class ActorConfig:
         require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a port number")
         require(self.connect_timeout_s > 0 and self.reply_timeout_s > 0, "connect_timeout_s", "timeouts must be > 0")
+        require(self.give_up_after_s >= 0, "give_up_after_s", "must be >= 0 (0: wait forever)")
         require(not self.reward_endpoint or self.reward_endpoint.startswith(("tcp://", "ipc://")),
                 "reward_endpoint", "must be a zmq endpoint or empty")
         if self.curve_dir:

@@ -39,6 +39,9 @@ class LearnerMetrics:
         self.distinct_2 = Gauge("flowrl_learner_distinct_2", "Distinct bigrams / bigrams within groups, batch mean", registry=r)
         self.wait_seconds = Histogram("flowrl_learner_batch_wait_seconds", "Time waiting for the buffer to fill a batch",
                                       buckets=_STEP_BUCKETS, registry=r)
+        self.skipped_steps = Counter("flowrl_learner_skipped_steps_total",
+                                     "Optimizer steps skipped because the loss (loss) or the gradient (grad) was "
+                                     "not finite; their weights were never broadcast", ["reason"], registry=r)
         self.resumes = Counter("flowrl_learner_resumes_total", "Times this process resumed from a checkpoint",
                                registry=r)
         self.resumed_from = Gauge("flowrl_learner_resumed_from_step", "Step of the checkpoint resumed from (0: fresh)",
@@ -106,6 +109,10 @@ class ActorMetrics:
                                   "Times the learner was lost (dead, restarted, stopping) and hello was said again",
                                   registry=r)
         self.score_failures = Counter("flowrl_actor_score_failures_total", "Scoring attempts that failed", registry=r)
+        self.idle = Counter("flowrl_actor_idle_seconds_total",
+                            "Time the engine was not generating, by what the actor waited for: no_work (nothing "
+                            "leasable), weights (receiving a broadcast), scoring (the previous batch was still being "
+                            "scored and sent when this one finished)", ["reason"], registry=r)
 
 
 class WeightSyncMetrics:

@@ -65,14 +65,20 @@ class ReplayBuffer:
         self.epoch = 0
         self.stats = BufferStats()
         self._lease_ids = itertools.count(1)
+        self.last_take: int | None = None
+        """The policy version of the last successful take (None: none yet)."""
         self._cond = threading.Condition()
 
     # ------------------------------------------------------------ limits
-    @property
-    def limit(self) -> int:
-        """Buffered + in-flight groups allowed: capacity, and no more than can be trained
-        before the work is ``max_staleness`` versions old."""
-        return min(self.capacity, (self.max_staleness + 1) * self.groups_per_step)
+    def limit(self, version: int, policy_version: int) -> int:
+        """Buffered + in-flight groups allowed for work generated with ``version`` while the
+        learner is at ``policy_version``: capacity, and no more than the learner will have
+        trained (``groups_per_step`` a version, oldest first) before that work is more than
+        ``max_staleness`` versions old. An actor a version behind gets a step's worth less.
+        A step in progress has taken its groups already: the next take is a version later."""
+        next_take = policy_version if self.last_take is None else max(policy_version, self.last_take + 1)
+        horizon = version + self.max_staleness + 1 - next_take
+        return min(self.capacity, horizon * self.groups_per_step)
 
     @property
     def in_flight(self) -> int:
@@ -88,11 +94,15 @@ class ReplayBuffer:
         return True
 
     # ------------------------------------------------------------ hub side
-    def lease(self, actor_id: str, credits: int, version: int) -> tuple[int, list[int]]:
-        """(lease id, prompt ids); an empty list means: nothing may be leased now."""
+    def lease(self, actor_id: str, credits: int, version: int,
+              policy_version: int | None = None) -> tuple[int, list[int]]:
+        """(lease id, prompt ids) for an actor holding ``version``, the learner being at
+        ``policy_version`` (None: the same version); an empty list means: nothing may be
+        leased now."""
         with self._cond:
             self._expire_locked()
-            room = self.limit - len(self.groups) - self.in_flight
+            learner = version if policy_version is None else policy_version
+            room = self.limit(version, learner) - len(self.groups) - self.in_flight
             take = max(0, min(credits, room))
             if take and not self.pending:
                 self._refill()
@@ -155,10 +165,9 @@ class ReplayBuffer:
         with self._cond:
             while True:
                 self._drop_stale(version)
-                if len(self.groups) >= k:
-                    return [self.groups.popleft() for _ in range(k)]
-                if self.groups and self._last_epoch_out_locked():
-                    return [self.groups.popleft() for _ in range(len(self.groups))]
+                if len(self.groups) >= k or (self.groups and self._last_epoch_out_locked()):
+                    self.last_take = version
+                    return [self.groups.popleft() for _ in range(min(k, len(self.groups)))]
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None

@@ -249,10 +249,12 @@ class Hub(threading.Thread):
         # Work generated with the weights this actor holds must still be trainable when it
         # comes back: keyed on the actor's version, not the learner's, so an actor a broadcast
         # behind (or a newcomer without the current weights) gets nothing until it catches up.
-        fresh = self.state.policy_version - msg.policy_version <= self.max_staleness and msg.policy_version >= 0
+        # The buffer sizes the lease so that it is trained before it is max_staleness old.
+        learner = self.state.policy_version
+        fresh = learner - msg.policy_version <= self.max_staleness and msg.policy_version >= 0
         lease_id, ids = 0, []
         if self.started and fresh:
-            lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, msg.policy_version)
+            lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, msg.policy_version, learner)
         prompts = [Prompt(i, self.kinds[i], self.references[i], self.prompts[i]) for i in ids]
         weights = self.state.weights  # read once: seq and version from the same broadcast
         return Work(lease_id, weights.version, weights.seq, self.lease_timeout_s,

@@ -130,6 +130,7 @@ class Trainer:
         slices = self._micro(n)
         means: dict[str, float] = {}
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # mismatch |Δ|, k3, tokens
+        finite = torch.ones((), dtype=torch.bool, device=self.device)  # every micro-batch's loss
         self.engine.train()
         for k, sl in enumerate(slices):
             mb = trim(full.select(sl)).to(self.device)
@@ -149,15 +150,11 @@ class Trainer:
             # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
             # gradient is that of the mean over all sequences, whatever the last micro size.
             self.engine.backward(loss * weight * self.gas * scale)
+            finite &= torch.isfinite(loss.detach())
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
                 means[key] = means.get(key, 0.0) + weight * float(v)
-        # Stage 0 keeps the reduced, unclipped gradients in .grad until step() clips them;
-        # ZeRO's optimizers partition them and report the norm themselves after step().
-        norm = global_norm(p.grad for p in self.engine.module.parameters())
-        self.engine.step()
-        engine_norm = self.engine.get_global_grad_norm()
-        norm = float(engine_norm) if engine_norm is not None else norm
+        norm, skipped = self._optimizer_step(finite)
         means["grad_norm"] = norm
         means["grad_clipped"] = float(was_clipped(norm, self.cfg.grad_clip))
         means["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
@@ -165,7 +162,37 @@ class Trainer:
         means["zero_variance_groups"] = zero_variance_fraction(full.scores, full.group_ids)
         out = self._all_reduce(means, sums, float(full.mask.sum()))
         out.update(spreads(out))
+        out["skipped"] = skipped
         return out
+
+    def _optimizer_step(self, finite: torch.Tensor) -> tuple[float, str]:
+        """Step unless the loss (on any rank) or the gradient is not finite: NaN weights
+        would be broadcast to every actor. Returns (gradient norm before clipping, "" or why
+        the step was skipped: "loss" or "grad"); every rank decides alike."""
+        if self.world > 1:
+            bad = (~finite).to(torch.int32)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            finite = bad == 0
+        loss_ok = bool(finite)
+        if self.cfg.zero_stage == 0:
+            # Stage 0 keeps the reduced, unclipped gradients (the same on every rank) in .grad
+            # until step() clips them: decide here, and leave DeepSpeed out of a skipped step.
+            norm = global_norm(p.grad for p in self.engine.module.parameters())
+            if not (loss_ok and math.isfinite(norm)):
+                self.engine.zero_grad()
+                return norm, "loss" if not loss_ok else "grad"
+            self.engine.step()
+            return norm, ""
+        # ZeRO partitions the gradients: its optimizer checks them for inf/NaN across ranks
+        # and skips the step itself (counting it in skipped_steps); the norm comes after.
+        before = self.engine.skipped_steps
+        self.engine.step()
+        norm = float(self.engine.get_global_grad_norm())
+        if self.engine.skipped_steps > before:
+            return norm, "loss" if not loss_ok else "grad"
+        if not loss_ok:
+            raise RuntimeError("a non-finite loss left finite gradients and ZeRO applied the step")
+        return norm, ""
 
     def _all_reduce(self, means: dict, sums: torch.Tensor, tokens: float) -> dict:
         """Means over ranks for ``means``; the mismatch sums and token counts add up."""

@@ -1,5 +1,5 @@
 """A scorer that keeps failing does not kill the actor: it is retried, then the
-batch is given up (its prompts go back to the learner, see Actor._do). Here the
+batch is given up (its prompts go back to the learner, see Actor._deliver). Here the
 real sandbox client talks to an endpoint where nothing answers."""
 import time
 

@@ -34,6 +34,32 @@ def test_leasing_is_bounded_by_capacity_and_staleness():
     assert len(b2.lease("a", 100, 0)[1]) == 4
 
 
+def test_an_actor_a_version_behind_is_leased_only_what_it_can_deliver_in_time():
+    # max_staleness 2, 2 groups a step, learner at version 5: work of version 5 is trainable
+    # until the learner has taken 3 more steps (6 groups), of version 4 for 2 (4 groups),
+    # of version 3 for 1 (2 groups); version 2 is too old for any.
+    for version, expected in ((5, 6), (4, 4), (3, 2), (2, 0)):
+        b = _buffer(max_staleness=2)
+        assert len(b.lease("a", 100, version, policy_version=5)[1]) == expected, version
+    b = _buffer(max_staleness=2)
+    assert len(b.lease("fresh", 3, 5, policy_version=5)[1]) == 3  # already in line ahead of the next
+    assert len(b.lease("behind", 100, 4, policy_version=5)[1]) == 1  # 4 - 3 ahead of it
+    # trained in time: each group it delivers is at most max_staleness old when taken
+    b = _buffer(max_staleness=0)
+    lid, ids = b.lease("a", 100, 5, policy_version=5)
+    for pid in ids:
+        b.complete(lid, _group(pid, 5))
+    assert len(b.take(2, 5)) == 2 and b.stats.dropped_stale == 0
+    # while that step trains the learner is still at 5, but its next take is at 6: work of
+    # version 5 fits one step (max_staleness 1), not two
+    b = _buffer(max_staleness=1)
+    lid, ids = b.lease("a", 2, 5, policy_version=5)
+    for pid in ids:
+        b.complete(lid, _group(pid, 5))
+    assert len(b.take(2, 5)) == 2
+    assert len(b.lease("a", 100, 5, policy_version=5)[1]) == 2
+
+
 def test_completed_groups_count_against_the_bound_until_taken():
     b = _buffer(capacity=3, max_staleness=5)
     lid, ids = b.lease("a", 3, 0)

@@ -121,3 +121,23 @@ def test_step_reports_gradient_lr_and_flowrl_diagnostics(tiny):
     relaxed = Trainer(load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "grad_clip": 1e9}),
                       0, 1, torch.device("cpu"), pad_id=0).step(_groups(tiny), version=0)
     assert relaxed["grad_clipped"] == 0.0 and 0 < relaxed["grad_norm"] < 1e9
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_a_non_finite_loss_skips_the_optimizer_step(tiny, zero_stage):
+    """NaN weights would reach every actor: the step is skipped, the weights and the
+    optimizer stay as they were, and the next finite step trains."""
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2,
+                                     "zero_stage": zero_stage})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    before = {n: p.detach().clone() for n, p in tr.module.named_parameters()}
+    poisoned = _groups(tiny)
+    poisoned[1].completions[2].score = float("nan")  # what an unchecked ingest would let through
+    stats = tr.step(poisoned, version=0)
+    assert stats["skipped"] == "loss"
+    assert not np.isfinite(stats["loss"])
+    assert all(torch.equal(p, before[n]) for n, p in tr.module.named_parameters())
+    stats = tr.step(_groups(tiny), version=0)
+    assert stats["skipped"] == "" and np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])
+    assert any(not torch.equal(p, before[n]) for n, p in tr.module.named_parameters())
+    assert all(torch.isfinite(p).all() for p in tr.module.parameters())
