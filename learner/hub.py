@@ -293,7 +293,7 @@ class Hub(threading.Thread):
         if any(abs(c.score) > self.max_abs_score for c in msg.completions):
             return "bad_score"
         if any(c.version > self.state.policy_version or c.version < 0 for c in msg.completions):
-            return "bad_version"
+            return "bad_policy_version"
         if any(len(c.tokens) > self.sampling.max_tokens for c in msg.completions):
             return "too_long"
         return None
