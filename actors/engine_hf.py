@@ -44,6 +44,9 @@ class HFEngine:
                                pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                                output_logits=True, return_dict_in_generate=True)
         torch.manual_seed(seed)
+        if self.device.type == "cuda":
+            # the current CUDA device is per thread, and the actor generates on a worker thread
+            torch.cuda.set_device(self.device)
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
                                   generation_config=gen)
         new = out.sequences[:, width:].cpu()
