@@ -3,6 +3,10 @@
 Trains with FlowRL (or a baseline) on the groups actors stream in. ``--gpus 0``
 trains in this process on the CPU; ``--gpus N`` starts N ranks (one per GPU,
 or N CPU ranks over gloo when there is no CUDA). Always through DeepSpeed.
+
+Exit codes (common/exitcodes.py): 0 the run is over; 143 stopped by SIGTERM
+before that (step finished, checkpoint written: ``--resume auto`` continues);
+2 a bad config, model or port, in one line; anything else a crash.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from common import exitcodes
 from common.config import ConfigError, build, load, parse_override
 from learner.config import LearnerConfig
 
@@ -53,7 +58,8 @@ def _free_port() -> int:
 
 def launch(cfg: LearnerConfig, world: int) -> int:
     """One subprocess per rank; the first to fail takes the others down. SIGTERM is passed
-    on to every rank: rank 0 then stops all of them after the step in progress."""
+    on to every rank: rank 0 then stops all of them after the step in progress, and each
+    exits TERMINATED (so does the launcher, once all have)."""
     import signal
 
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
@@ -69,21 +75,27 @@ def launch(cfg: LearnerConfig, world: int) -> int:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, forward)
+    # A rank that stopped on SIGTERM is not a failure: the others are finishing their step
+    # and checkpoint too. One killed by a signal (before its handler was installed) counts as
+    # 128 + N, as a shell would report it.
+    ended = (exitcodes.OK, exitcodes.TERMINATED)
     try:
         while True:
-            codes = [p.poll() for p in procs]
-            bad = [c for c in codes if c not in (None, 0)]
-            if bad or all(c == 0 for c in codes):
+            codes = [None if p.poll() is None else exitcodes.from_returncode(p.returncode) for p in procs]
+            bad = [c for c in codes if c not in (None, *ended)]
+            if bad or None not in codes:
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
-        bad = [130]
+        bad = [exitcodes.INTERRUPTED]
     for p in procs:
         if p.poll() is None:
             p.terminate()
     for p in procs:
         p.wait()
-    return bad[0] if bad else 0
+    if bad:
+        return bad[0]
+    return max(exitcodes.from_returncode(p.returncode) for p in procs)  # TERMINATED if any rank stopped
 
 
 def main(argv=None) -> int:
@@ -110,7 +122,7 @@ def main(argv=None) -> int:
     from learner.worker import run
 
     try:
-        run(cfg, rank, world)
+        finished = run(cfg, rank, world)
     except (ModelLoadError, ConfigError) as e:
         print(f"learner: error: {e}", file=sys.stderr)
         return 2
@@ -118,7 +130,7 @@ def main(argv=None) -> int:
         print(f"learner: error: cannot open a socket: {e} (is another learner running on these ports?)",
               file=sys.stderr)
         return 2
-    return 0
+    return exitcodes.OK if finished else exitcodes.TERMINATED
 
 
 if __name__ == "__main__":

@@ -163,8 +163,11 @@ class Rank0:
             self.broadcaster.finish(self.cfg.broadcast_timeout_s)
         self.state.stopping = "shutdown" if finished else "stopping"
         # The hub keeps answering for the linger: actors polling it (a restarted one too) hear
-        # that the run is over, and a scraper sees the final metrics.
-        time.sleep(max(1.0, self.cfg.linger_s))
+        # that the run is over, and a scraper sees the final metrics. Not after SIGTERM: the
+        # pod's grace period is for the checkpoint, and what outlives it is SIGKILLed.
+        until = time.monotonic() + max(1.0, self.cfg.linger_s)
+        while time.monotonic() < until and not self.stop_requested:
+            time.sleep(0.2)
         self.hub.stop()
         self.server.close()
         if self.step_log is not None:
@@ -217,7 +220,8 @@ def _checkpoint(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None", step: 
 
 
 def _install_sigterm(r0: "Rank0 | None") -> None:
-    """SIGTERM finishes the step in progress, checkpoints and exits 0 (rank 0 decides for all)."""
+    """SIGTERM finishes the step in progress and checkpoints (rank 0 decides for all); the
+    process then exits common.exitcodes.TERMINATED, unless the run was already over."""
     def handler(signum, frame):
         log.warning("SIGTERM: stopping after this step")
         if r0 is not None:
@@ -225,7 +229,8 @@ def _install_sigterm(r0: "Rank0 | None") -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(cfg: LearnerConfig, rank: int, world: int) -> None:
+def run(cfg: LearnerConfig, rank: int, world: int) -> bool:
+    """Train until the run is over (True) or SIGTERM stopped it (False)."""
     import deepspeed
 
     cfg.validate(world)
@@ -275,3 +280,4 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> None:
         # active exception"), which failed a rank now and then.
         dist.destroy_process_group()
     log.info("learner rank %d %s after %d steps", rank, "finished" if finished else "stopped", step)
+    return finished

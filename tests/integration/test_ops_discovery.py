@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from common.metrics import MetricsServer
 from tests.integration.helpers import free_ports
-from tests.unit.test_ops import OVERLAYS, PROM, RULES, _render, tool
+from tests.unit.ops_helpers import OVERLAYS, PROM, RULES, render, tool
 
 WORKLOADS = ("Deployment", "Job", "StatefulSet")
 READY_TIMEOUT_S = 60
@@ -173,7 +173,7 @@ def cluster():
 
     kept, dropped = [], []
     for overlay in OVERLAYS:
-        docs = _render(f"overlays/{overlay}")
+        docs = render(f"overlays/{overlay}")
         workloads = [d for d in docs if d["kind"] in WORKLOADS]
         scraped = [w for w in workloads if w["spec"]["template"]["metadata"].get("annotations", {})
                    .get("prometheus.io/scrape") == "true"]
