@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from actors.config import ActorConfig
 from actors.engine import build_engine
-from actors.weights import WeightFollower
+from actors.weights import StoreLost, WeightFollower
 from common import transport
 from common.keys import ClientKeys, load_client
 from common.metrics import ActorMetrics, MetricsServer, WeightSyncMetrics
@@ -225,7 +225,10 @@ class Actor:
         while True:
             self._poll_announcements()
             t0 = time.perf_counter()
-            self.weights.sync()
+            try:
+                self.weights.sync()
+            except StoreLost as e:
+                raise LearnerGone(str(e)) from e
             self.metrics.idle.labels("weights").inc(time.perf_counter() - t0)
             held = self.held
             self.metrics.version.set(held.version)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import logging
 import time
 
+from torch.distributed import DistNetworkError
+
 from actors.engine import Engine
 from common.metrics import WeightSyncMetrics
 from common.protocol import WeightRef
 from common.weight_sync import Rendezvous, WeightGroupSpec, open_store
 
 log = logging.getLogger("actors")
+
+class StoreLost(Exception):
+    """The learner's rendezvous store stopped answering; the message is one line."""
+
 
 INVALID = -1
 """``held.version`` of an engine whose last receive failed part-way."""
@@ -57,9 +63,17 @@ class WeightFollower:
             self.generation = None
 
     def sync(self) -> None:
-        """Join the newest generation naming this actor and take every broadcast made on it."""
+        """Join the newest generation naming this actor and take every broadcast made on it.
+        Raises StoreLost when the learner's rendezvous store stops answering (it died)."""
         if self.rdv is None:
             return
+        try:
+            self._sync()
+        except DistNetworkError as e:  # the store lives in the learner: it is gone with it
+            raise StoreLost(f"the learner's rendezvous store at {self.group['host']}:{self.group['port']} "
+                            f"is unreachable: {e}") from e
+
+    def _sync(self) -> None:
         g = self.rdv.current()
         if g is None or g == self.skip:
             return
