@@ -74,6 +74,8 @@ class Rank0:
         self.stop_requested = False
         """Set by SIGTERM: the step in progress finishes, then the run checkpoints and stops."""
         self.step_log = None  # opened by begin(), once a resume has trimmed it
+        self.waited = 0.0
+        """Seconds the last step waited for its groups (the learner idle, waiting for data)."""
 
     def begin(self, step: int, buffer_state: dict | None, snapshot) -> None:
         """Start serving actors at ``step`` (0, or the resumed checkpoint's)."""
@@ -107,7 +109,8 @@ class Rank0:
             self.broadcaster.check()
             groups = self.buffer.take(self.cfg.groups_per_step, self.state.policy_version, timeout_s=1.0)
             if groups is not None:
-                self.metrics.wait_seconds.observe(time.perf_counter() - t0)
+                self.waited = time.perf_counter() - t0
+                self.metrics.wait_seconds.observe(self.waited)
                 return groups
             if self.buffer.exhausted():
                 return None
@@ -148,12 +151,23 @@ class Rank0:
         for s in stale:
             m.staleness.observe(s)
         row = dict(step=step, version=v, prompt_ids=[g.prompt_id for g in groups], seconds=round(seconds, 3), samples_per_s=round(nseq / seconds, 2),
-                   staleness_mean=sum(stale) / len(stale), distinct_ratio=div, distinct_2=d2,
+                   staleness_mean=sum(stale) / len(stale), staleness_max=max(stale),
+                   wait_seconds=round(self.waited, 3), distinct_ratio=div, distinct_2=d2,
                    broadcast_seconds=round(self.broadcaster.last_seconds, 3), **stats)
         self.step_log.write(json.dumps(row) + "\n")
         self.step_log.flush()
         log.info("step %d v%d loss %.4f score %.3f staleness %.2f %.1f samples/s", step, v, stats["loss"],
                  stats["score_mean"], row["staleness_mean"], row["samples_per_s"])
+
+    def record_skip(self, step: int, groups, stats: dict) -> None:
+        """A step whose loss or gradient was not finite: its groups are spent, the policy is not."""
+        self.metrics.skipped_steps.labels(stats["skipped"]).inc()
+        row = dict(step=step, version=self.state.policy_version, prompt_ids=[g.prompt_id for g in groups],
+                   skipped=stats["skipped"], grad_norm=str(stats["grad_norm"]), loss=str(stats["loss"]))
+        self.step_log.write(json.dumps(row) + "\n")
+        self.step_log.flush()
+        log.warning("step after %d skipped: non-finite %s (loss %s, gradient norm %s); weights unchanged",
+                    step, stats["skipped"], stats["loss"], stats["grad_norm"])
 
     def close(self, finished: bool) -> None:
         """``finished``: the run is over (actors exit); else the learner is stopping or failed
@@ -175,6 +189,8 @@ class Rank0:
 
 
 STOP = "stop"
+MAX_SKIPS_IN_A_ROW = 8
+"""Optimizer steps skipped in a row (non-finite loss or gradient) before the run fails."""
 
 
 def _share(groups, rank: int, world: int):
@@ -246,7 +262,7 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> bool:
     trainer = Trainer(cfg, rank, world, device, tokenizer.pad_token_id)
     r0 = Rank0(cfg, trainer, tokenizer) if rank == 0 else None
     _install_sigterm(r0)
-    finished = False
+    finished, skips = False, 0
     try:
         step = _start(cfg, trainer, r0)
         while True:
@@ -260,6 +276,15 @@ def run(cfg: LearnerConfig, rank: int, world: int) -> bool:
                 break
             t0 = time.perf_counter()
             stats = trainer.step(groups, version=step, scale=scale)
+            if stats["skipped"]:  # the weights did not change: no new version, nothing to broadcast
+                skips += 1
+                if r0:
+                    r0.record_skip(step, every, stats)
+                if skips >= MAX_SKIPS_IN_A_ROW:
+                    raise RuntimeError(f"{skips} optimizer steps in a row had a non-finite {stats['skipped']} "
+                                       f"(last at step {step}): the run diverged; lower the learning rate")
+                continue
+            skips = 0
             step += 1
             if r0:
                 # 0.5 GB copied per step for the embedded model: only worth it when actors take weights
