@@ -107,15 +107,39 @@ def bound_endpoint(sock: zmq.Socket, host: str) -> str:
     return f"tcp://{host}:{port}"
 
 
+ZERO_COPY_BYTES = zmq.COPY_THRESHOLD
+"""Frames this size or larger are sent without copying; smaller ones are copied."""
+_MORE = int(zmq.SNDMORE)  # a plain int: flag arithmetic on pyzmq's enums costs microseconds a frame
+
+
 def send(sock: zmq.Socket, msg, identity: bytes | None = None) -> None:
     frames = protocol.encode(msg)
     if identity is not None:
         frames = [identity] + frames
-    sock.send_multipart(frames, copy=False)
+    send_frames(sock, frames)
 
 
-def recv_frames(sock: zmq.Socket) -> list:
-    return sock.recv_multipart(copy=False)
+def send_frames(sock: zmq.Socket, frames: list) -> None:
+    """``sock.send_multipart(frames, copy=False)``, minus its per-frame overhead (bench/transport.py).
+
+    Under its copy threshold pyzmq copies a frame even with copy=False, after building a
+    zmq.Frame (and a release hook) for it: several times the cost of the copy. A trajectory
+    group is many small frames (two per completion), so small frames are copied outright and
+    only large ones go without copying. ``frames`` are bytes or byte memoryviews."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, 0 if i == last else _MORE, copy=len(f) < ZERO_COPY_BYTES)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
+    """One multipart message as zmq.Frames (not copied). Raises zmq.Again with NOBLOCK when
+    nothing is waiting; the rest of a message that has begun never blocks."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:  # read from the frame: cheaper than getsockopt(RCVMORE) a frame
+        frame = sock.recv(0, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def recv(sock: zmq.Socket, timeout_s: float, limits: Limits = DEFAULT_LIMITS):

@@ -68,6 +68,8 @@ class ReplayBuffer:
         self.last_take: int | None = None
         """The policy version of the last successful take (None: none yet)."""
         self._cond = threading.Condition()
+        self._waiting: list[int] = []
+        """The ``k`` of each take() now waiting: complete() wakes them once one could return."""
 
     # ------------------------------------------------------------ limits
     def limit(self, version: int, policy_version: int) -> int:
@@ -127,7 +129,10 @@ class ReplayBuffer:
             if not lease.prompt_ids:
                 del self.leases[lease_id]
             self.groups.append(group)
-            self._cond.notify_all()
+            # wake a waiting take() when it could return, not at every group: each wake-up costs
+            # the hub thread a hand-over of the GIL (bench/transport.py)
+            if self._waiting and (len(self.groups) >= min(self._waiting) or self._last_epoch_out_locked()):
+                self._cond.notify_all()
             return ""
 
     def release(self, actor_id: str, lease_ids: list[int] | None = None) -> int:
@@ -171,7 +176,11 @@ class ReplayBuffer:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+                self._waiting.append(k)
+                try:
+                    self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+                finally:
+                    self._waiting.remove(k)
                 self._expire_locked()
 
     def _drop_stale(self, version: int) -> None:

@@ -10,24 +10,24 @@ Expected: the hub thread is alive and never crashed; every bad frame is counted
 exactly once (the rejected counters sum to the bad frames sent); the lease
 holder's bad groups are acked as refused with the right reason; the
 well-behaved client gets every lease and ack it asks for. The per-peer maps
-are pruned by age. Bounded: a fixed number of frames, a few seconds.
+are pruned by age. Bounded: a fixed number of frames, a few seconds. The frame
+generators are in tests/fuzzing.py, shared with the bench.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-import msgpack
 import numpy as np
 import pytest
 import zmq
 
 from common import transport
-from common.protocol import (SCHEMA_VERSION, Ack, Completion, Error, Heartbeat, Trajectories, Welcome, Work,
-                             WorkRequest, encode)
+from common.protocol import Ack, Error, Heartbeat, Trajectories, Work, WorkRequest
 from learner import hub as hub_module
-from tests.unit.test_ingest_validation import (MAX_ABS_SCORE, N, VOCAB, Peer, received, rejected, running_hub,
-                                               wait_rejected)
+from tests.fuzzing import liar_cases, malformed, sample_group, with_changes, wrong_but_decodable
+from tests.unit.test_ingest_validation import (MAX_ABS_SCORE, N, SAMPLING, VOCAB, Peer, received, rejected,
+                                               running_hub, wait_rejected)
 
 SEED = 10
 
@@ -37,79 +37,6 @@ def ctx():
     c = zmq.Context()
     yield c
     c.destroy(linger=0)
-
-
-def _header(frames: list) -> dict:
-    return msgpack.unpackb(bytes(frames[0]))
-
-
-def _with(frames: list, **changes) -> list:
-    h = _header(frames)
-    h.update(changes)
-    return [msgpack.packb(h)] + [bytes(f) for f in frames[1:]]
-
-
-def _sample_group(actor_id: str = "fuzzer") -> list:
-    """Frames of a well-formed group, for prompt 0 of a lease that does not exist."""
-    comps = [Completion(np.array([5, 6, 7], dtype=np.int32), np.full(3, -0.5, dtype=np.float32), "stop", 1.0, 0)
-             for _ in range(N)]
-    return [bytes(f) for f in encode(Trajectories(999_999, actor_id, 0, np.arange(1, 4, dtype=np.int32), comps, {}))]
-
-
-def _malformed(rng: np.random.Generator) -> list[list]:
-    """Messages decode() must refuse: each one is one bad frame set, counted once."""
-    good = _sample_group()
-    h = _header(good)
-    comp = h["completions"]
-    out: list[list] = []
-    for _ in range(300):  # random bytes, 1-3 frames
-        out.append([rng.bytes(int(rng.integers(0, 200))) for _ in range(int(rng.integers(1, 4)))])
-    for _ in range(100):  # truncated msgpack headers (of every message type)
-        src = encode(WorkRequest("a", 2, 0)) if rng.random() < 0.3 else good
-        head = bytes(src[0])
-        out.append([head[:int(rng.integers(0, len(head)))]] + [bytes(f) for f in src[1:]])
-    for v in (0, 2, -1, "1", None, 1.0, True, [1], SCHEMA_VERSION + 1000):  # wrong schema versions
-        out.append(_with(good, v=v))
-    out += [  # lying array lengths
-        _with(good, completions=[dict(comp[0], len=4)] + comp[1:]),
-        _with(good, completions=[dict(comp[0], len=2)] + comp[1:]),
-        _with(good, prompt_len=4),
-        good[:-1], good + [b"\0" * 12],
-        [good[0], good[1], good[3], good[2]] + good[4:],  # tokens and log-probs swapped: same bytes, bad values
-    ]
-    out += [  # huge declared sizes
-        _with(good, completions=[dict(comp[0], len=2**40)] + comp[1:]),
-        _with(good, prompt_len=10**9),
-        _with(good, completions=[comp[0]] * 5000),
-        [msgpack.packb(dict(h, actor_id="x" * (2 * 1024 * 1024)))] + good[1:],  # header over 1 MiB
-        _with(good, actor_id="y" * (1024 * 1024 + 1)),
-    ]
-    out += [  # wrong types, missing fields, unknown types
-        _with(good, lease_id="7"), _with(good, lease_id=True), _with(good, prompt_id=1.5), _with(good, actor_id=7),
-        _with(good, completions="abc"), _with(good, completions=[5] * N), _with(good, timings=[1]),
-        _with(good, timings={"generate": "slow"}), _with(good, completions=[dict(comp[0], score="1.0")] + comp[1:]),
-        _with(good, completions=[dict(comp[0], version=1.5)] + comp[1:]),
-        _with(good, completions=[dict(comp[0], finish_reason=1)] + comp[1:]),
-        [msgpack.packb({k: v for k, v in h.items() if k != "prompt_tokens" and k != "prompt_id"})] + good[1:],
-        [msgpack.packb({"v": SCHEMA_VERSION, "type": "launch_missiles"})],
-        [msgpack.packb({"v": SCHEMA_VERSION, "type": ["work"]})],
-        [msgpack.packb({"v": SCHEMA_VERSION, "type": {"a": 1}})],
-        [msgpack.packb({"v": SCHEMA_VERSION, "type": "hello", "actor_id": "a", "engine": "hf", "model": "m",
-                        "pid": "1"})],
-        [msgpack.packb([SCHEMA_VERSION, "hello"])],
-        [msgpack.packb({1: 2})],
-        [msgpack.packb({"v": SCHEMA_VERSION, "type": "heartbeat", "actor_id": "a", "policy_version": 0,
-                        "weight_seq": 0}), b"extra"],
-        [b"\x91" * 100_000 + b"\x01"],  # nesting deeper than msgpack's stack
-    ]
-    return out
-
-
-def _wrong_but_decodable() -> list[list]:
-    """Well-formed messages the hub must refuse after decoding (no reply to any of them)."""
-    return [bytes(f) for f in encode(Welcome("run", 0, 0, "tcp://x:1", None, []))], \
-           [bytes(f) for f in encode(WorkRequest("neg", -1, 0))], \
-           [bytes(f) for f in encode(Ack(1, 1, True, ""))]
 
 
 class GoodClient(threading.Thread):
@@ -142,23 +69,6 @@ class GoodClient(threading.Thread):
             time.sleep(0.005)
 
 
-def _liar_cases(work: Work) -> list[tuple[dict, str]]:
-    """(changes to a valid group for one of ``work``'s prompts, the reason the hub must give)."""
-    return [
-        (dict(tokens=np.array([5, VOCAB, 7], dtype=np.int32)), "token_out_of_vocab"),
-        (dict(tokens=np.array([-5, 1, 7], dtype=np.int32)), "token_out_of_vocab"),
-        (dict(score=MAX_ABS_SCORE * 10), "bad_score"),
-        (dict(score=float("nan")), "bad_score"),
-        (dict(score=float("-inf")), "bad_score"),
-        (dict(logprobs=np.array([-1.0, 0.5, -1.0], dtype=np.float32)), "bad_logprob"),
-        (dict(logprobs=np.array([-1.0, np.inf, -1.0], dtype=np.float32)), "bad_logprob"),
-        (dict(finish_reason="tool_call"), "bad_finish_reason"),
-        (dict(version=10**6), "bad_version"),  # a policy version the learner never had
-        (dict(version=-1), "bad_version"),
-        (dict(tokens=np.arange(1, 20, dtype=np.int32), logprobs=np.full(19, -1.0, dtype=np.float32)), "too_long"),
-    ]
-
-
 def _answered(socks: list, timeout_s: float) -> int:
     """How many of ``socks`` got an answer to their heartbeat, all within one deadline (bounded when
     the hub is dead): a heartbeat, or "unknown_actor" for a peer that never said hello."""
@@ -181,7 +91,7 @@ def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
         liar = Peer(ctx, hub, "liar")
         work = liar.lease(credits=4)
         bad = 0
-        for i, (change, reason) in enumerate(_liar_cases(work)):
+        for i, (change, reason) in enumerate(liar_cases(VOCAB, MAX_ABS_SCORE, SAMPLING.max_tokens)):
             msg = liar.group(work, i % len(work.prompts), **change)
             ack = liar.ask(msg)
             assert ack == Ack(work.lease_id, msg.prompt_id, False, reason), (change, ack)
@@ -204,7 +114,7 @@ def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
 
         # malformed frames from a handful of raw sockets, and decodable messages the hub refuses
         raws = [transport.dealer(ctx, hub.endpoint, f"raw-{i}") for i in range(4)]
-        frames = _malformed(rng) + list(_wrong_but_decodable())
+        frames = malformed(rng, N) + wrong_but_decodable()
         for i, f in enumerate(frames):
             raws[i % len(raws)].send_multipart(f)
         bad += len(frames)
@@ -215,7 +125,7 @@ def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
         for i, s in enumerate(flood):
             s.send_multipart([rng.bytes(16)])
             transport.send(s, Heartbeat(f"flood-{i}", 0, 0))
-            s.send_multipart(_with(_sample_group(f"flood-{i}"), v=0))
+            s.send_multipart(with_changes(sample_group(f"flood-{i}", N), v=0))
         bad += 3 * len(flood)  # the heartbeat too: from a stranger, refused ("unknown_actor") and answered
         answered = _answered(flood, timeout_s=10)
 
@@ -238,7 +148,8 @@ def test_hub_survives_fuzz_and_counts_every_bad_frame(ctx):
                        "bad_type", "unexpected_type", "token_out_of_vocab", "bad_score", "bad_logprob",
                        "bad_finish_reason", "group_size", "prompt_mismatch", "unknown_prompt", "unknown_lease"):
             assert counts.get(reason, 0) > 0, (reason, counts)
-        assert counts["unexpected_type"] == 2  # Welcome, Ack; the negative-credit request is a bad_field
+        # Welcome and Ack; the negative-credit request comes from a stranger, so it is unknown_actor
+        assert counts["unexpected_type"] == 2
         assert received(hub) == good.groups + 1
         assert hub.is_alive() and hub.error is None
         hub.check()
