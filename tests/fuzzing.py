@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 
-from common.protocol import SCHEMA_VERSION, Ack, Completion, Trajectories, Welcome, WorkRequest, encode
+from common.protocol import SCHEMA_VERSION, Ack, Completion, Trajectories, Welcome, Work, WorkRequest, encode
 
 N = 2
 """Completions per group in the test hub (tests/unit/test_ingest_validation.py)."""
@@ -140,4 +140,32 @@ def liar_cases(vocab: int, max_abs_score: float, max_tokens: int) -> list[tuple[
         (dict(version=-1), "bad_policy_version"),
         (dict(tokens=np.ones(max_tokens + 11, dtype=np.int32),
               logprobs=np.full(max_tokens + 11, -1.0, dtype=np.float32)), "too_long"),
+    ]
+
+
+def valid_group(work: Work, actor_id: str, n: int, i: int = 0, **change) -> Trajectories:
+    """A valid group of ``n`` 3-token completions for prompt ``i`` of ``work``, with ``change``
+    applied to its first completion."""
+    p = work.prompts[i]
+    comps = [Completion(np.array([5, 6, 7], dtype=np.int32), np.full(3, -0.5, dtype=np.float32), "stop", 1.0, 0)
+             for _ in range(n)]
+    for k, v in change.items():
+        setattr(comps[0], k, v)
+    return Trajectories(work.lease_id, actor_id, p.prompt_id, p.tokens, comps, {})
+
+
+def liar_groups(work: Work, actor_id: str, n: int, vocab: int, max_abs_score: float,
+                max_tokens: int) -> list[tuple[Trajectories, str]]:
+    """(group, the reason the hub must refuse it with) from ``actor_id``, which holds ``work``
+    (at least 2 prompts): every value case of ``liar_cases``, then group-level lies."""
+    out = [(valid_group(work, actor_id, n, i % len(work.prompts), **change), reason)
+           for i, (change, reason) in enumerate(liar_cases(vocab, max_abs_score, max_tokens))]
+    p0, p1 = work.prompts[0], work.prompts[1]
+    comps = valid_group(work, actor_id, n).completions
+    other = p1.tokens if not np.array_equal(p0.tokens, p1.tokens) else np.array([9, 9], dtype=np.int32)
+    return out + [
+        (Trajectories(work.lease_id, actor_id, p0.prompt_id, p0.tokens, comps[:-1] or comps * 2, {}), "group_size"),
+        (Trajectories(work.lease_id, actor_id, p0.prompt_id, other, comps, {}), "prompt_mismatch"),
+        (Trajectories(work.lease_id, actor_id, 10**6, p0.tokens, comps, {}), "unknown_prompt"),
+        (Trajectories(work.lease_id + 10**6, actor_id, p0.prompt_id, p0.tokens, comps, {}), "unknown_lease"),
     ]
