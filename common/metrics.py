@@ -113,6 +113,8 @@ class ActorMetrics:
                             "Time the engine was not generating, by what the actor waited for: no_work (nothing "
                             "leasable), weights (receiving a broadcast), scoring (the previous batch was still being "
                             "scored and sent when this one finished)", ["reason"], registry=r)
+        for reason in ("no_work", "weights", "scoring"):  # every series exists from the start, at 0
+            self.idle.labels(reason)
 
 
 class WeightSyncMetrics:
