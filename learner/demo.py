@@ -91,13 +91,17 @@ def evaluate(a: argparse.Namespace, checkpoint: str, tasks: Path, out: Path, nam
     return json.loads(path.read_text())["tasks"][str(tasks)]
 
 
-def launch(a: argparse.Namespace, out: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
-    env = _env()
-    sets = [f"groups_per_step={a.groups}", f"sampling.n={a.n}", f"sampling.max_tokens={a.max_tokens}",
+def learner_settings(a: argparse.Namespace) -> list[str]:
+    """The ``--set`` values the demo gives ``python -m learner``; the user's ``--set`` come last and win."""
+    return [f"groups_per_step={a.groups}", f"sampling.n={a.n}", f"sampling.max_tokens={a.max_tokens}",
             f"sampling.temperature={a.temperature}", f"micro_batch_seqs={a.n}", f"lr={a.lr}",
             f"grad_clip={a.grad_clip}", "algo.log_z_lr=1e-3", f"algo.beta={a.beta}", "max_staleness=1", "linger_s=2",
-            f"seed={a.seed}",
-            f"num_prompts={TRAIN_PROMPTS}", f"task_seed={TRAIN_TASK_SEED}", *a.set]
+            f"seed={a.seed}", f"num_prompts={TRAIN_PROMPTS}", f"task_seed={TRAIN_TASK_SEED}", *a.set]
+
+
+def launch(a: argparse.Namespace, out: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    env = _env()
+    sets = learner_settings(a)
     learner = subprocess.Popen(
         [sys.executable, "-m", "learner", "--gpus", "0", "--model", a.model, "--max-steps", str(a.steps),
          "--actors", "1", "--bind", f"tcp://127.0.0.1:{a.port}", "--pub-bind", f"tcp://127.0.0.1:{a.port + 1}",
