@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import threading
 
 from .math_extract import extract_answer, is_absurd, last_boxed
@@ -51,6 +52,19 @@ def gold_answer(ground_truth: str) -> str:
     return gt.strip("$").strip()
 
 
+# An arithmetic operator between two numbers: "\\boxed{7 * 7}" restates a question
+# ("what is 7 * 7?") instead of answering it, and sympy would evaluate it to the right
+# number, so the policy learns to copy the question (seen in the demo). A power of ten
+# after a product is scientific notation, a final answer: 3 \\times 10^5 is kept.
+_NUMBER = r"(?<![\w^.\\])\d+(?:\.\d+)?(?![\w^.])"  # a plain number: not 2 in x^2, 2x or \sqrt2
+_UNEVALUATED = re.compile(_NUMBER + r"\s*(?:[-+]|\\div|(?:[*×·]|\\times|\\cdot)(?!\s*10\s*\^))\s*" + _NUMBER)
+
+
+def unevaluated(pred: str, gold: str) -> bool:
+    """An answer left as arithmetic on numbers where the reference is not."""
+    return bool(_UNEVALUATED.search(pred)) and not _UNEVALUATED.search(gold)
+
+
 def math_results(
     completions: list[str],
     ground_truths: list[str],
@@ -70,6 +84,8 @@ def math_results(
         gold = gold_answer(g)
         if pred is None or not gold:
             out[i] = MathResult(False, "ok", "no answer")
+        elif unevaluated(pred, gold):
+            out[i] = MathResult(False, "ok", "unevaluated expression")
         elif is_absurd(pred):
             out[i] = MathResult(False, "refused", "absurd answer refused by pre-filter")
         elif pred == gold:

@@ -65,6 +65,14 @@ TABLE = [
     ("He has 5 left.\n#### 6", "5", False),
     ("I cannot solve this.", "5", False),
     ("", "5", False),
+    # arithmetic left unevaluated restates the question: refused where the reference is a number;
+    # scientific notation and a reference written the same way are answers
+    (r"\boxed{7 * 7}", "49", False),
+    (r"\boxed{48+24}", "72", False),
+    (r"\boxed{6 \div 2}", "3", False),
+    (r"\boxed{3 \times 10^5}", "300000", True),
+    (r"\boxed{2 \cdot 3}", r"2 \cdot 3", True),
+    (r"\boxed{x^2+2x+1}", r"x^2+2x+1", True),
     # the last \boxed wins; a boxed ground truth is unwrapped
     (r"First \boxed{3}, then correcting: \boxed{4}", "4", True),
     (r"\boxed{4}", r"\boxed{4}", True),
