@@ -53,10 +53,14 @@ class BufferStats:
 
 class ReplayBuffer:
     def __init__(self, num_prompts: int, *, capacity: int, groups_per_step: int, max_staleness: int,
-                 lease_timeout_s: float, epochs: int = 0, seed: int = 0,
+                 lease_timeout_s: float, epochs: int = 0, seed: int = 0, late_wait_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.num_prompts, self.capacity, self.groups_per_step = num_prompts, capacity, groups_per_step
         self.max_staleness, self.lease_timeout_s, self.epochs = max_staleness, lease_timeout_s, epochs
+        self.late_wait_s = late_wait_s
+        """How long a take() that could return waits for in-flight groups it is the last chance to train."""
+        self._late_deadline: tuple[int, float] | None = None
+        """(take version, time.monotonic() deadline) of the wait for late groups now running."""
         self.clock = clock
         self.rng = random.Random(seed)
         self.pending: deque[int] = deque()
@@ -161,18 +165,24 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------ trainer side
     def take(self, k: int, version: int, timeout_s: float | None = None) -> list[Group] | None:
-        """``k`` groups no staler than ``max_staleness``, oldest first, blocking until there
-        are enough. Stale groups met on the way are dropped and their prompts re-queued.
+        """``k`` groups no staler than ``max_staleness``, oldest version first, blocking until
+        there are enough. Stale groups met on the way are dropped and their prompts re-queued.
         At the end of the last epoch the remaining groups are returned even if fewer than
         ``k``: the last partial batch is trained, not waited for. None when ``timeout_s``
-        passes first."""
+        passes first.
+
+        Groups arrive in any order: a slow actor's older group can still be in flight when a
+        fast actor's newer ones are here. When this take is the last that may train such a
+        group, it waits up to ``late_wait_s`` for it rather than train the newer ones and drop
+        the older (a whole generation lost). The wait persists across calls that time out."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while True:
                 self._drop_stale(version)
                 if len(self.groups) >= k or (self.groups and self._last_epoch_out_locked()):
-                    self.last_take = version
-                    return [self.groups.popleft() for _ in range(min(k, len(self.groups)))]
+                    if not self._waiting_for_late_locked(k, version):
+                        self.last_take, self._late_deadline = version, None
+                        return self._pop_oldest_locked(k)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -182,6 +192,29 @@ class ReplayBuffer:
                 finally:
                     self._waiting.remove(k)
                 self._expire_locked()
+
+    def _waiting_for_late_locked(self, k: int, version: int) -> bool:
+        """True while groups leased at the oldest trainable version (``version - max_staleness``)
+        are in flight, fewer than ``k`` such groups are buffered, and the wait has time left."""
+        last_chance = version - self.max_staleness
+        if self.late_wait_s <= 0 or self.max_staleness == 0:  # at 0 every group is at its last chance
+            return False
+        if sum(g.version <= last_chance for g in self.groups) >= k:
+            return False
+        if not any(lease.version == last_chance for lease in self.leases.values()):
+            return False
+        now = time.monotonic()
+        if self._late_deadline is None or self._late_deadline[0] != version:
+            self._late_deadline = (version, now + self.late_wait_s)
+        return now < self._late_deadline[1]
+
+    def _pop_oldest_locked(self, k: int) -> list[Group]:
+        """The ``k`` groups of the oldest versions (arrival order among equals); the rest stay."""
+        order = sorted(range(len(self.groups)), key=lambda i: self.groups[i].version)
+        chosen = set(order[:k])
+        out = [self.groups[i] for i in sorted(chosen, key=lambda i: (self.groups[i].version, i))]
+        self.groups = deque(g for i, g in enumerate(self.groups) if i not in chosen)
+        return out
 
     def _drop_stale(self, version: int) -> None:
         keep = deque(g for g in self.groups if version - g.version <= self.max_staleness)

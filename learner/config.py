@@ -102,6 +102,10 @@ class LearnerConfig:
     """Groups generated more than this many versions ago are dropped and their prompts re-queued."""
     lease_timeout_s: float = 600.0
     """A leased prompt not returned within this is re-queued (its actor is presumed dead)."""
+    late_group_wait_s: float = 10.0
+    """How long a step that has its groups waits for an older group still in flight that this
+    step is the last allowed to train (a slower actor's): waiting costs the learner this much
+    at most, not waiting drops that group's whole generation. 0: never wait."""
     lr: float = 1e-6
     """AdamW learning rate of the policy."""
     weight_decay: float = 0.0
@@ -175,6 +179,7 @@ class LearnerConfig:
                 f"{self.groups_per_step} groups must split evenly over {world_size} ranks (groups are never split)")
         require(self.buffer_capacity >= self.groups_per_step, "buffer_capacity", "must hold at least one step's groups")
         require(self.max_staleness >= 0, "max_staleness", "must be >= 0")
+        require(self.late_group_wait_s >= 0, "late_group_wait_s", "must be >= 0")
         require(self.lease_timeout_s > 0 and self.broadcast_timeout_s > 0, "lease_timeout_s", "timeouts must be > 0")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.zero_stage in (0, 1, 2), "zero_stage",

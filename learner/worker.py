@@ -48,7 +48,7 @@ class Rank0:
         self.state = RunState()
         self.buffer = ReplayBuffer(len(tasks), capacity=cfg.buffer_capacity, groups_per_step=cfg.groups_per_step,
                                    max_staleness=cfg.max_staleness, lease_timeout_s=cfg.lease_timeout_s,
-                                   epochs=cfg.epochs, seed=cfg.seed)
+                                   epochs=cfg.epochs, seed=cfg.seed, late_wait_s=cfg.late_group_wait_s)
         spec = None
         if cfg.actors:  # the rendezvous of the elastic broadcast group (sizes vary per generation)
             spec = WeightGroupSpec(cfg.advertise_host, cfg.weight_port, 1, 0, cfg.weight_backend,

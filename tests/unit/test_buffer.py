@@ -159,3 +159,64 @@ def test_state_restores_every_untrained_prompt_in_order():
     b.restore(state)
     # the same order from here on, the next epoch's shuffle included (the RNG state travels)
     assert [again.lease("x", 1, 0)[1][0] for _ in range(16)] == [b.lease("x", 1, 0)[1][0] for _ in range(16)]
+
+
+def _fill(b, actor, version, n, policy_version):
+    lid, ids = b.lease(actor, n, version, policy_version=policy_version)
+    assert len(ids) == n
+    return lid, ids
+
+
+def test_take_trains_the_oldest_versions_first():
+    b = _buffer(max_staleness=2)
+    new_lid, new = _fill(b, "fast", 3, 2, 3)
+    old_lid, old = _fill(b, "slow", 2, 2, 3)
+    for pid in new:
+        b.complete(new_lid, _group(pid, 3, actor="fast"))
+    for pid in old:
+        b.complete(old_lid, _group(pid, 2, actor="slow"))
+    assert [g.version for g in b.take(2, 3)] == [2, 2]
+    assert [g.version for g in b.take(2, 4)] == [3, 3] and b.stats.dropped_stale == 0
+
+
+def test_a_take_waits_for_an_older_group_it_is_the_last_chance_to_train():
+    import threading
+    import time
+
+    # the fast actor's version-2 groups are here; the slow actor's version-1 groups are in
+    # flight, and the take at version 2 is the last that may train them (max_staleness 1)
+    b = _buffer(max_staleness=1, late_wait_s=5.0)
+    slow_lid, slow = _fill(b, "slow", 1, 2, 1)
+    fast_lid, fast = _fill(b, "fast", 2, 2, 2)
+    for pid in fast:
+        b.complete(fast_lid, _group(pid, 2, actor="fast"))
+    late = threading.Timer(0.3, lambda: [b.complete(slow_lid, _group(pid, 1, actor="slow")) for pid in slow])
+    t0 = time.monotonic()
+    late.start()
+    got = b.take(2, 2, timeout_s=10.0)
+    assert 0.25 < time.monotonic() - t0 < 4.0
+    assert [g.actor_id for g in got] == ["slow", "slow"]
+    assert [g.actor_id for g in b.take(2, 3)] == ["fast", "fast"] and b.stats.dropped_stale == 0
+
+
+def test_the_wait_for_late_groups_is_bounded_and_survives_timed_out_calls():
+    import time
+
+    b = _buffer(max_staleness=1, late_wait_s=0.6)
+    _fill(b, "slow", 1, 2, 1)  # never delivered
+    fast_lid, fast = _fill(b, "fast", 2, 2, 2)
+    for pid in fast:
+        b.complete(fast_lid, _group(pid, 2, actor="fast"))
+    t0 = time.monotonic()
+    assert b.take(2, 2, timeout_s=0.2) is None  # still waiting for the slow actor's groups
+    got = b.take(2, 2, timeout_s=5.0)  # the same wait goes on, then gives up
+    assert 0.5 < time.monotonic() - t0 < 1.5 and [g.actor_id for g in got] == ["fast", "fast"]
+    # nothing is waited for when waiting is off, or when the batch is full of last-chance groups
+    for late_version, fast_version, wait in ((1, 2, 0.0), (1, 1, 5.0)):
+        b = _buffer(max_staleness=1, late_wait_s=wait)
+        _fill(b, "slow", late_version, 1, late_version)
+        lid, ids = _fill(b, "fast", fast_version, 2, fast_version)
+        for pid in ids:
+            b.complete(lid, _group(pid, fast_version, actor="fast"))
+        t0 = time.monotonic()
+        assert len(b.take(2, 2, timeout_s=5.0)) == 2 and time.monotonic() - t0 < 0.2, (late_version, wait)
