@@ -1,6 +1,6 @@
 """Asynchrony's gain: the same real learner and actor, run synchronously and asynchronously.
 
-    python bench/async_vs_sync.py [--repeats 3] [--steps 10] [--warmup 2] [--staleness 1]
+    python bench/async_vs_sync.py [--repeats 3] [--steps 10] [--warmup 2] [--staleness 2]
         [--model embedded|tiny|DIR] [--engine hf|vllm] [--groups 1] [--n 4] [--max-tokens 256]
 
 Run it with nothing else on the machine: about 40 minutes on 2 idle cores
@@ -21,13 +21,17 @@ this 2-core machine. The same run is made in two modes, alternating
   buffer counts the step in progress), so the actor waits for each new version
   and the learner waits for its data: a step costs training + broadcast +
   generation, one after the other.
-- async: ``max_staleness = --staleness`` (default 1). The actor generates the
-  next step's groups with the previous version while the learner trains, so a
-  step costs about max(training, weight receive + generation). 1 is the least
-  staleness that allows the overlap, and all that one actor whose batch is one
-  step's groups can use: the pipeline is two deep (one batch training, one
-  generating), so a larger bound would lease nothing more and only allow
-  older samples (more clipped importance weights) after a hiccup.
+- async: ``max_staleness = --staleness`` (default 2, the learner's default).
+  The actor generates the next step's groups with an older version while the
+  learner trains, so a step costs about max(training, weight receive +
+  generation). 1 is the least staleness that allows this overlap, but with one
+  actor and one group a step the pipeline is then rigid: the actor may not
+  start a batch until the learner has taken the one before, so a long
+  generation idles the learner and a long step idles the actor (measured here:
+  1.47x median, repeats 1.64/1.47/1.65, bench/results/async_vs_sync-staleness1.json).
+  2 lets the actor run one batch further ahead and absorbs those swings, at the
+  price of samples a version older (FlowRL's clipped importance weight corrects
+  them); ``--staleness 1`` measures the tighter bound.
 
 The figure is trained samples per second over the steady-state steps: the
 completions of steps ``warmup+1 .. steps`` in the run's ``steps.jsonl``
@@ -120,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="sync/async pairs (medians are reported)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the measurement")
-    p.add_argument("--staleness", type=int, default=1, help="max_staleness of the async run (>= 1)")
+    p.add_argument("--staleness", type=int, default=2, help="max_staleness of the async run (>= 1)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--model", default="embedded", help="'embedded', 'tiny' (random, built here) or an HF directory")
     p.add_argument("--tiny-hidden", type=int, default=256)
@@ -175,32 +179,31 @@ def scrape(port: int) -> dict[str, float]:
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu() -> dict[int, tuple[float, int, int]]:
-    """{pid: (CPU seconds, user + system, nice, session id)} of every live process, from /proc."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            f = stat.read_text().rpartition(")")[2].split()
-            # after the command: f[3] session, f[11] utime, f[12] stime, f[16] nice
-            out[int(stat.parent.name)] = ((int(f[11]) + int(f[12])) / TICK, int(f[16]), int(f[3]))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+def cpu_snapshot(mine: set[int]) -> tuple[float, float]:
+    """(busy CPU seconds of all cores since boot, from /proc/stat; CPU seconds used by the live
+    processes of the sessions ``mine`` and by this process)."""
+    busy = 0.0
+    for line in Path("/proc/stat").read_text().splitlines():
+        f = line.split()
+        if f[0].startswith("cpu") and f[0] != "cpu":
+            t = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
+            busy += (sum(t) - t[3] - t[4]) / TICK
+    own = time.process_time()
+    if mine:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                f = stat.read_text().rpartition(")")[2].split()
+                if int(f[3]) in mine:  # after the command: f[3] session, f[11..14] utime, stime,
+                    own += sum(int(x) for x in f[11:15]) / TICK  # and of its children that ended
+            except (OSError, IndexError, ValueError):
+                continue
+    return busy, own
 
 
-def others_cpu(before: dict, after: dict, mine: set[int]) -> tuple[float, float]:
-    """CPU seconds other processes used between two ``proc_cpu()`` snapshots: (at nice <= 0, niced).
-    Processes in the sessions ``mine`` and this one are the run's own; one that exited meanwhile is missed."""
-    normal = niced = 0.0
-    for pid, (cpu, nice, session) in after.items():
-        if session in mine or pid == os.getpid():
-            continue
-        used = cpu - before.get(pid, (0.0,))[0]
-        if nice > 0:
-            niced += used
-        else:
-            normal += used
-    return normal, niced
+def others_cpu(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """CPU seconds the rest of the machine used between two ``cpu_snapshot``s (processes that
+    started and ended meanwhile included: they are in /proc/stat's totals)."""
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1]))
 
 
 def quiet_machine(max_busy: float, max_wait_s: float, quiet_s: float = 15.0) -> float:
@@ -211,9 +214,9 @@ def quiet_machine(max_busy: float, max_wait_s: float, quiet_s: float = 15.0) -> 
     t0 = time.monotonic()
     calm = 0.0
     while True:
-        before = proc_cpu()
+        before = cpu_snapshot(set())
         time.sleep(5)
-        busy = sum(others_cpu(before, proc_cpu(), set())) / (5 * 2)
+        busy = others_cpu(before, cpu_snapshot(set())) / (5 * 2)
         calm = calm + 5 if busy <= max_busy else 0.0
         if calm >= quiet_s:
             return time.monotonic() - t0
@@ -261,7 +264,7 @@ def run_once(a: argparse.Namespace, model: str, mode: str, staleness: int, run_d
     actors = start(ACTOR_CORE, actor_args, alog)
     scrapes: dict[int, dict] = {}
     mine = {learner.pid, actors.pid}  # start_new_session: each is its session's id
-    watch = [(time.monotonic(), proc_cpu())]  # others' CPU over the last ~30 s, checked every 10 s
+    watch = [(time.monotonic(), cpu_snapshot(mine))]  # others' CPU over the last ~30 s, checked every 10 s
     try:
         deadline = time.monotonic() + a.timeout_s
         done: set[int] = set()
@@ -274,7 +277,7 @@ def run_once(a: argparse.Namespace, model: str, mode: str, staleness: int, run_d
                 for k in (a.warmup, a.steps):
                     if k not in scrapes and (k in done or k == 0):
                         scrapes[k] = {"learner": scrape(lport), "actor": scrape(aport), "at": time.time(),
-                                      "procs": proc_cpu()}
+                                      "cpu": cpu_snapshot(mine)}
                 if a.steps in scrapes:
                     break
                 for name, p, log in (("learner", learner, llog), ("actors", actors, alog)):
@@ -284,8 +287,8 @@ def run_once(a: argparse.Namespace, model: str, mode: str, staleness: int, run_d
                     raise RuntimeError(f"{mode}: no step {a.steps} within {a.timeout_s:.0f} s:\n"
                                        f"{llog.read_text()[-3000:]}")
                 if time.monotonic() - watch[-1][0] >= 10:
-                    watch = [*watch[-3:], (time.monotonic(), proc_cpu())]
-                    used = sum(others_cpu(watch[0][1], watch[-1][1], mine)) / (2 * (watch[-1][0] - watch[0][0]))
+                    watch = [*watch[-3:], (time.monotonic(), cpu_snapshot(mine))]
+                    used = others_cpu(watch[0][1], watch[-1][1]) / (2 * (watch[-1][0] - watch[0][0]))
                     if len(watch) == 4 and used > a.abort_busy:
                         raise Contended(f"others used {used:.0%} of the cores over {watch[-1][0] - watch[0][0]:.0f} s")
                 time.sleep(0.2)
@@ -300,7 +303,7 @@ def run_once(a: argparse.Namespace, model: str, mode: str, staleness: int, run_d
     wall = time.monotonic() - t_start
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~2 GB per run for the embedded model
     shutil.rmtree(run_dir / "checkpoint-final", ignore_errors=True)
-    others = others_cpu(scrapes[a.warmup].pop("procs"), scrapes[a.steps].pop("procs"), mine)
+    others = others_cpu(scrapes[a.warmup]["cpu"], scrapes[a.steps]["cpu"])
     (run_dir / "scrapes.json").write_text(json.dumps({str(k): v for k, v in scrapes.items()}))
     return summarise(a, mode, staleness, run_dir, scrapes, wall, others)
 
@@ -313,7 +316,7 @@ def _delta(scrapes: dict, k0: int, k1: int, role: str, key: str) -> float | None
 
 
 def summarise(a, mode: str, staleness: int, run_dir: Path, scrapes: dict, wall: float,
-              others: tuple[float, float]) -> dict:
+              others: float) -> dict:
     rows = {r["step"]: r for r in map(json.loads, (run_dir / "steps.jsonl").read_text().splitlines())
             if "skipped" not in r or not r["skipped"]}
     ends = step_times(run_dir / "learner.log")
@@ -354,9 +357,8 @@ def summarise(a, mode: str, staleness: int, run_dir: Path, scrapes: dict, wall: 
                   "idle_fraction_by_reason": {k: frac(v) for k, v in idle.items() if v is not None} or None},
         "staleness_mean": round(statistics.mean(r["staleness_mean"] for r in window), 3),
         "groups_dropped_stale": dropped,
-        # others' work on the two cores over the window, as a fraction of both cores' time: at normal
-        # priority (competes with the run) and niced (takes only what the run leaves idle)
-        "others_cpu_fraction": {"normal": round(others[0] / (2 * dt), 3), "niced": round(others[1] / (2 * dt), 3)},
+        # other processes' work on the two cores over the window, as a share of both cores' time
+        "others_cpu_fraction": round(others / (2 * dt), 3),
         "actor_batches": batches,
         "actor_generate_s_per_batch": None if not batches else round(gen / batches, 3),
     }
@@ -399,13 +401,18 @@ BREAKDOWN = [  # (label, section, key): the table printed per mode (medians over
     ("actor: generate s/batch", None, "actor_generate_s_per_batch"),
     ("actor: weight receive s/step", "actor", "weight_receive_s_per_step"),
     ("staleness trained on (versions)", None, "staleness_mean"),
-    ("others' CPU share (normal priority)", "others_cpu_fraction", "normal"),
-    ("others' CPU share (niced)", "others_cpu_fraction", "niced"),
+    ("other processes' share of the cores", None, "others_cpu_fraction"),
 ]
 
 
 def main(argv=None) -> int:
+    import signal
+
     a = parse_args(argv)
+    # SIGTERM (and SIGINT, ignored in background jobs otherwise) end the bench through the runs'
+    # clean-up, which kills the learner and actors it started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         print("needs taskset and 2 cores", file=sys.stderr)
         return 2
@@ -429,7 +436,7 @@ def main(argv=None) -> int:
                     discarded.append({"mode": mode, "repeat": r, "stopped": str(e)})
                     continue
                 res["repeat"], res["waited_for_quiet_s"] = r, round(waited, 1)
-                others = sum(res["others_cpu_fraction"].values())
+                others = res["others_cpu_fraction"]
                 print(f"repeat {r} {mode:5s} {res['samples_per_s']:.4f} samples/s  {res['seconds_per_step']:.2f} s/step"
                       f"  learner waits {res['learner']['wait_for_data_fraction']:.0%}"
                       f"  actor generates {res['actor']['generate_fraction']:.0%}  others' CPU {others:.0%}", flush=True)
