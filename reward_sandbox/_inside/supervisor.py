@@ -46,13 +46,18 @@ _HAVE_CHILDREN_FILE = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/ch
 
 
 def _children(pid):
+    """Children of every thread of ``pid``: a child is listed under the thread that forked it,
+    so a program that forks from a thread of its own would hide it from the main thread's list."""
     if not _HAVE_CHILDREN_FILE:
         return _children_by_scan().get(pid, [])
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            return [int(x) for x in f.read().split()]
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
     except (FileNotFoundError, ProcessLookupError):
-        return []
+        pass  # exited while we looked: what it had is reparented to us and found on the next scan
+    return out
 
 
 def _children_by_scan():
@@ -99,11 +104,19 @@ def _reap_ours():
 
 
 def sweep(exclude):
-    """SIGKILL every descendant but exclude until none is left alive; reap what is ours."""
+    """SIGKILL every descendant but exclude until none is left alive; reap what is ours.
+    Done only after two empty scans a moment apart: the children lists are not exact while
+    processes fork or exit, and an orphan being reparented to us was once missed by one."""
+    empty = 0
     for attempt in range(1000):
         alive = descendants(exclude)
         if not alive:
-            break
+            empty += 1
+            if empty == 2:
+                break
+            time.sleep(0.002)
+            continue
+        empty = 0
         for pid in alive:
             try:
                 os.kill(pid, signal.SIGKILL)

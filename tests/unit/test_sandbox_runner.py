@@ -165,3 +165,31 @@ def test_fresh_interpreter_mode():
         assert r.run_code("import time\ntime.sleep(5)", timeout_s=0.3).status == "timeout"
         res = code_results(["def f(x):\n    return x + 1\n"], [{"asserts": "assert f(1) == 2\n"}], runner=r)[0]
         assert res.score == 1.0
+
+
+def test_the_sweep_sees_children_forked_by_any_thread():
+    """A child is listed under the thread that forked it: a program forking from a thread of
+    its own must not hide it from the supervisor's sweep."""
+    import importlib
+    import os
+    import subprocess
+    import threading
+    import time
+
+    supervisor = importlib.import_module("reward_sandbox._inside.supervisor")
+    box, done = [], threading.Event()
+
+    def fork_and_stay():  # the thread must live on: a dead thread's children move to another
+        box.append(subprocess.Popen(["sleep", "30"]))
+        done.wait(10)
+    t = threading.Thread(target=fork_and_stay)
+    t.start()
+    try:
+        while not box:
+            time.sleep(0.01)
+        assert box[0].pid in supervisor._children(os.getpid())
+    finally:
+        done.set()
+        t.join()
+        box[0].kill()
+        box[0].wait()
