@@ -102,7 +102,6 @@ import datetime
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -114,6 +113,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common.metrics import parse_prometheus_text  # noqa: E402
+from tests.integration.helpers import free_ports  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "async_vs_sync.json"
 LEARNER_CORE, ACTOR_CORE = "0", "1"
@@ -150,16 +150,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- processes
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def start(core: str, args: list[str], log: Path) -> subprocess.Popen:
     """``python -m args`` pinned to ``core`` (children inherit the affinity), one thread."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",

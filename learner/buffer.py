@@ -197,8 +197,10 @@ class ReplayBuffer:
         """True while groups leased at the oldest trainable version (``version - max_staleness``)
         are in flight, fewer than ``k`` such groups are buffered, and the wait has time left."""
         last_chance = version - self.max_staleness
-        if self.late_wait_s <= 0 or self.max_staleness == 0:  # at 0 every group is at its last chance
+        if self.late_wait_s <= 0:
             return False
+        # (at max_staleness 0 every buffered group is at its last chance: a full batch returns here,
+        # and the last partial one has no lease in flight)
         if sum(g.version <= last_chance for g in self.groups) >= k:
             return False
         if not any(lease.version == last_chance for lease in self.leases.values()):
@@ -210,10 +212,9 @@ class ReplayBuffer:
 
     def _pop_oldest_locked(self, k: int) -> list[Group]:
         """The ``k`` groups of the oldest versions (arrival order among equals); the rest stay."""
-        order = sorted(range(len(self.groups)), key=lambda i: self.groups[i].version)
-        chosen = set(order[:k])
-        out = [self.groups[i] for i in sorted(chosen, key=lambda i: (self.groups[i].version, i))]
-        self.groups = deque(g for i, g in enumerate(self.groups) if i not in chosen)
+        chosen = sorted(range(len(self.groups)), key=lambda i: self.groups[i].version)[:k]  # stable sort
+        out, taken = [self.groups[i] for i in chosen], set(chosen)
+        self.groups = deque(g for i, g in enumerate(self.groups) if i not in taken)
         return out
 
     def _drop_stale(self, version: int) -> None:

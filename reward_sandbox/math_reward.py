@@ -52,10 +52,10 @@ def gold_answer(ground_truth: str) -> str:
     return gt.strip("$").strip()
 
 
-# An arithmetic operator between two numbers: "\\boxed{7 * 7}" restates a question
+# An arithmetic operator between two numbers: "\boxed{7 * 7}" restates a question
 # ("what is 7 * 7?") instead of answering it, and sympy would evaluate it to the right
 # number, so the policy learns to copy the question (seen in the demo). A power of ten
-# after a product is scientific notation, a final answer: 3 \\times 10^5 is kept.
+# after a product is scientific notation, a final answer: 3 \times 10^5 is kept.
 _NUMBER = r"(?<![\w^.\\])\d+(?:\.\d+)?(?![\w^.])"  # a plain number: not 2 in x^2, 2x or \sqrt2
 _UNEVALUATED = re.compile(_NUMBER + r"\s*(?:[-+]|\\div|(?:[*×·]|\\times|\\cdot)(?!\s*10\s*\^))\s*" + _NUMBER)
 
