@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common import keys
 from common.config import require
+from learner.schedule import SCHEDULES
 
 ALGORITHMS = ("flowrl", "grpo", "reinforce_pp")
 
@@ -107,7 +108,16 @@ class LearnerConfig:
     step is the last allowed to train (a slower actor's): waiting costs the learner this much
     at most, not waiting drops that group's whole generation. 0: never wait."""
     lr: float = 1e-6
-    """AdamW learning rate of the policy."""
+    """AdamW learning rate of the policy (the peak, when a schedule warms up or decays it)."""
+    lr_warmup_steps: int = 0
+    """Optimizer steps over which the learning rate rises linearly to ``lr`` (step k uses
+    lr × (k+1)/lr_warmup_steps); 0: the full rate from the first step. Applies to the log Z
+    head's rate too."""
+    lr_schedule: str = "constant"
+    """After the warm-up: "constant", or "cosine" (half a cosine from ``lr`` down to
+    ``min_lr_ratio`` × lr at the last of ``max_steps``)."""
+    min_lr_ratio: float = 0.0
+    """Where "cosine" ends, as a fraction of ``lr``."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -182,6 +192,14 @@ class LearnerConfig:
         require(self.late_group_wait_s >= 0, "late_group_wait_s", "must be >= 0")
         require(self.lease_timeout_s > 0 and self.broadcast_timeout_s > 0, "lease_timeout_s", "timeouts must be > 0")
         require(self.lr > 0, "lr", "must be > 0")
+        require(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        require(self.lr_schedule in SCHEDULES, "lr_schedule", f"unknown {self.lr_schedule!r}; one of {SCHEDULES}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lr_schedule == "cosine":
+            require(self.max_steps > 0, "lr_schedule",
+                    "cosine decays to the last of max_steps: set max_steps (an epochs-only run has no known end)")
+            require(self.lr_warmup_steps < self.max_steps, "lr_warmup_steps",
+                    f"{self.lr_warmup_steps} leaves none of the {self.max_steps} steps to the cosine decay")
         require(self.zero_stage in (0, 1, 2), "zero_stage",
                 f"must be 0, 1 or 2, got {self.zero_stage} (stage 3 partitions the parameters that the "
                 "weight broadcast sends whole)")

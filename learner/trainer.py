@@ -6,6 +6,7 @@ ZeRO stage from config; gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from learner.buffer import Group
 from learner.config import LearnerConfig
 from learner.diagnostics import behaviour_mismatch, global_norm, spreads, was_clipped, zero_variance_fraction
 from learner.model import Batch, PolicyWithLogZ, reference_logprobs
+from learner.schedule import lr_factor
 
 
 def collate(groups: list[Group], pad_id: int) -> Batch:
@@ -91,7 +93,11 @@ class Trainer:
             "bf16": {"enabled": cfg.dtype == "bfloat16"},
             "steps_per_print": 10 ** 9,
         }
-        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            lr_factor, warmup_steps=cfg.lr_warmup_steps, schedule=cfg.lr_schedule, total_steps=cfg.max_steps,
+            min_ratio=cfg.min_lr_ratio))
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=schedule,
+                                               config=ds_config)
         self.module: PolicyWithLogZ = self.engine.module
 
     # ------------------------------------------------------------ step
@@ -154,10 +160,11 @@ class Trainer:
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
                 means[key] = means.get(key, 0.0) + weight * float(v)
+        lr = float(self.engine.optimizer.param_groups[0]["lr"])  # this step's: stepping advances the schedule
         norm, skipped = self._optimizer_step(finite)
         means["grad_norm"] = norm
         means["grad_clipped"] = float(was_clipped(norm, self.cfg.grad_clip))
-        means["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
+        means["lr"] = lr
         means["score_mean"] = float(full.scores.mean())
         means["zero_variance_groups"] = zero_variance_fraction(full.scores, full.group_ids)
         out = self._all_reduce(means, sums, float(full.mask.sum()))

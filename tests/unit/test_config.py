@@ -23,6 +23,11 @@ from learner.config import LearnerConfig
     ({"lr": "fast"}, "lr"),
     ({"algo.bogus": 1}, "algo.bogus"),
     ({"max_steps": 0, "epochs": 0}, "max_steps"),
+    ({"lr_warmup_steps": -1}, "lr_warmup_steps"),
+    ({"lr_schedule": "linear"}, "lr_schedule"),
+    ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
+    ({"lr_schedule": "cosine", "max_steps": 0, "epochs": 2}, "lr_schedule"),  # no known last step
+    ({"lr_schedule": "cosine", "max_steps": 10, "lr_warmup_steps": 10}, "lr_warmup_steps"),
 ])
 def test_learner_config_refused(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

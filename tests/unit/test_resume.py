@@ -3,6 +3,7 @@ weights bit-identical to an uninterrupted run over the same groups; checkpoints 
 atomic, the newest K are kept, and the step log is trimmed to the checkpoint."""
 import json
 
+import pytest
 import torch
 
 from common.config import load
@@ -12,8 +13,9 @@ from learner.trainer import Trainer
 from tests.unit.test_trainer import _groups, tiny  # noqa: F401  (fixture: tiny model, gloo group)
 
 
-def _trainer(model: str) -> Trainer:
-    cfg = load(LearnerConfig, None, {"model": model, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2})
+def _trainer(model: str, **schedule) -> Trainer:
+    cfg = load(LearnerConfig, None, {"model": model, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2,
+                                     **schedule})
     torch.manual_seed(0)
     return Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
 
@@ -22,26 +24,29 @@ def _weights(tr: Trainer) -> dict:
     return {n: p.detach().clone() for n, p in tr.module.named_parameters()}
 
 
-def test_resumed_run_ends_bit_identical(tiny, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("schedule", [{}, {"lr_warmup_steps": 3, "lr_schedule": "cosine", "max_steps": 4}],
+                         ids=["constant", "warmup-cosine"])
+def test_resumed_run_ends_bit_identical(tiny, tmp_path, schedule):  # noqa: F811
+    """With a schedule, the resumed trainer also continues its learning rate mid-warm-up
+    (a fresh schedule would restart at step 0's rate and end elsewhere)."""
     batches = [_groups(tiny) for _ in range(4)]
-    straight = _trainer(tiny)
+    straight = _trainer(tiny, **schedule)
     torch.manual_seed(1)
-    for v, g in enumerate(batches):
-        straight.step(g, version=v)
+    lrs = [straight.step(g, version=v)["lr"] for v, g in enumerate(batches)]
 
-    first = _trainer(tiny)
+    first = _trainer(tiny, **schedule)
     torch.manual_seed(1)
     for v, g in enumerate(batches[:2]):
         first.step(g, version=v)
     path = checkpoint.save(first.engine, tmp_path, 2, {"buffer": None}, rank=0, keep=2)
     del first
 
-    resumed = _trainer(tiny)
+    resumed = _trainer(tiny, **schedule)
     meta = checkpoint.load(resumed.engine, checkpoint.resolve(tmp_path, "auto"))
     checkpoint.restore_rng(meta)  # the log Z head's dropout draws continue where they were
     assert meta["step"] == 2 and checkpoint.newest(tmp_path) == path
-    for v, g in enumerate(batches[2:], start=2):
-        resumed.step(g, version=v)
+    resumed_lrs = [resumed.step(g, version=v)["lr"] for v, g in enumerate(batches[2:], start=2)]
+    assert resumed_lrs == lrs[2:]
 
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()

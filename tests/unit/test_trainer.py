@@ -141,3 +141,27 @@ def test_a_non_finite_loss_skips_the_optimizer_step(tiny, zero_stage):
     assert stats["skipped"] == "" and np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])
     assert any(not torch.equal(p, before[n]) for n, p in tr.module.named_parameters())
     assert all(torch.isfinite(p).all() for p in tr.module.parameters())
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_learning_rate_follows_the_schedule_and_a_skipped_step_holds_it(tiny, zero_stage):
+    """Warm-up 2 then cosine towards 0.1 × lr, reached at step 6 (one past the last of 6);
+    the log Z head's own rate is scaled alike; a step skipped for a non-finite loss does not
+    advance the schedule."""
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-3,
+                                     "algo.log_z_lr": 1e-2, "lr_warmup_steps": 2, "lr_schedule": "cosine",
+                                     "max_steps": 6, "min_lr_ratio": 0.1, "zero_stage": zero_stage})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    poisoned = _groups(tiny)
+    poisoned[0].completions[0].score = float("nan")
+    lrs, log_z_lrs = [], []
+    for batch in [_groups(tiny), poisoned] + [_groups(tiny) for _ in range(4)]:
+        lrs.append(tr.step(batch, version=0)["lr"])
+        log_z_lrs.append(tr.engine.optimizer.param_groups[1]["lr"])
+    # schedule steps 0..5 have factors 0.5, 1, then the cosine at 0, 1/4, 2/4, 3/4 of its 4
+    # steps (1, 0.868, 0.55, 0.232); the skipped batch reports step 1's rate and the batch
+    # after it trains at step 1's rate again
+    cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert lrs == pytest.approx([1e-3 * x for x in [0.5, 1.0, 1.0, cos[0], cos[1], cos[2]]], rel=1e-9)
+    # read after each batch: the next schedule step's factor times log_z_lr
+    assert log_z_lrs == pytest.approx([1e-2 * x for x in [1.0, 1.0, cos[0], cos[1], cos[2], cos[3]]], rel=1e-9)
