@@ -17,13 +17,16 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repo root
+    sys.path.insert(0, str(REPO))
+
+from tests.integration.helpers import free_ports  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,25 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fail above this mean |Δ log p| per token (fp32 on GPU: different kernels, ~1e-3)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.25, help="vLLM's share of the GPU")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_check.json"))
+    p.add_argument("--run-dir", default=str(REPO / "runs" / "gpu_check"), help="the roles' logs and step log")
     a = p.parse_args(argv)
     if a.steps < 1 or a.timeout <= 0 or not 0 < a.gpu_memory_utilization < 1:
         p.error("--steps >= 1, --timeout > 0 and 0 < --gpu-memory-utilization < 1")
     return a
 
 
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def commands(a: argparse.Namespace, run_dir: Path) -> tuple[list[str], list[str], int]:
     """The learner's and the actor's command lines, and the learner's metrics port."""
-    router, pub, weights, lmetrics, ametrics = _ports(5)
+    router, pub, weights, lmetrics, ametrics = free_ports(5)
     learner = [sys.executable, "-m", "learner", "--gpus", "1", "--model", a.model, "--max-steps", str(a.steps),
                "--actors", "1", "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
                "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(run_dir),
@@ -77,7 +71,7 @@ def preflight(a: argparse.Namespace) -> None:
 
 
 def run(a: argparse.Namespace) -> dict:
-    run_dir = REPO / "runs" / "gpu_check"
+    run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     learner_cmd, actor_cmd, _ = commands(a, run_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
