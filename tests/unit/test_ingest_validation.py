@@ -37,13 +37,13 @@ SAMPLING = Sampling(n=N, temperature=1.0, top_p=1.0, max_tokens=8)
 
 @contextmanager
 def running_hub(curve_dir: str = "", peer_horizon_s: float | None = None,
-                groups_per_step: int = 16) -> Iterator[Hub]:
+                groups_per_step: int = 16, seats: int = 1000) -> Iterator[Hub]:
     """A started hub on a free loopback port; nothing trains, so leased work piles up in the buffer."""
     buffer = ReplayBuffer(len(PROMPTS), capacity=256, groups_per_step=groups_per_step, max_staleness=3,
                           lease_timeout_s=60.0)
     hub = Hub(bind="tcp://127.0.0.1:0", buffer=buffer, prompts=PROMPTS, kinds=["math"] * len(PROMPTS),
               references=[str(i) for i in range(len(PROMPTS))], sampling=SAMPLING, state=RunState(),
-              metrics=HubMetrics(CollectorRegistry()), weight_group=None, manifest=[], seats=1000,
+              metrics=HubMetrics(CollectorRegistry()), weight_group=None, manifest=[], seats=seats,
               lease_timeout_s=60.0, vocab_size=VOCAB, max_abs_score=MAX_ABS_SCORE, curve_dir=curve_dir,
               peer_horizon_s=peer_horizon_s)
     hub.start()
