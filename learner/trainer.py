@@ -134,28 +134,36 @@ class Trainer:
         target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref)
         n = len(full.scores)
         slices = self._micro(n)
+        # ZeRO 2 reduces gradients in every micro-batch's backward (a collective), so every rank
+        # must run as many as the others; a batch that does not split evenly over the ranks (an
+        # epoch's last) leaves some fewer. They pad to a full batch's count with passes at weight
+        # 0 over their first micro-batch (tests/unit/test_multirank.py hung without this).
+        passes = slices + [slices[0]] * (self.gas - len(slices) if self.world > 1 else 0)
         means: dict[str, float] = {}
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # mismatch |Δ|, k3, tokens
         finite = torch.ones((), dtype=torch.bool, device=self.device)  # every micro-batch's loss
         self.engine.train()
-        for k, sl in enumerate(slices):
+        for k, sl in enumerate(passes):
+            real = k < len(slices)
             mb = trim(full.select(sl)).to(self.device)
             T = mb.mask.shape[1]
             logp, log_z = self.engine(mb, self.cfg.sampling.temperature)
             loss, stats = self.objective.loss(
                 logp.float(), old[sl, :T].to(self.device), None if ref is None else ref[sl, :T].to(self.device),
                 mb.mask, log_z, target[sl].to(self.device) if target.dim() == 1 else target[sl, :T].to(self.device))
+            weight = (sl.stop - sl.start) / n if real else 0.0
+            # The boundary is ours to mark, not DeepSpeed's micro-step count: gradients are
+            # reduced and the optimizer steps after this rank's last micro-batch.
+            self.engine.set_gradient_accumulation_boundary(k == len(passes) - 1)
+            # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
+            # gradient is that of the mean over all sequences, whatever the last micro size.
+            self.engine.backward(loss * weight * self.gas * scale)
+            if not real:
+                continue
             # Every micro-batch's forward sees the pre-step weights (the optimizer steps only
             # at the boundary), so fresh samples compare the engine with these exact weights.
             fresh = mb.mask * (mb.versions == version).to(mb.mask.dtype)[:, None]
             sums += torch.stack(behaviour_mismatch(logp.detach(), mb.old_logp, fresh)).double()
-            weight = (sl.stop - sl.start) / n
-            # The boundary is ours to mark, not DeepSpeed's micro-step count: gradients are
-            # reduced and the optimizer steps after this rank's last micro-batch.
-            self.engine.set_gradient_accumulation_boundary(k == len(slices) - 1)
-            # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
-            # gradient is that of the mean over all sequences, whatever the last micro size.
-            self.engine.backward(loss * weight * self.gas * scale)
             finite &= torch.isfinite(loss.detach())
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
@@ -167,7 +175,10 @@ class Trainer:
         means["lr"] = lr
         means["score_mean"] = float(full.scores.mean())
         means["zero_variance_groups"] = zero_variance_fraction(full.scores, full.group_ids)
-        out = self._all_reduce(means, sums, float(full.mask.sum()))
+        # Weighted by the rank's share, the mean over ranks is the batch's, even for a last batch
+        # that does not split evenly; a rank with no share (rerunning a group) adds no counts.
+        share = float(scale > 0)
+        out = self._all_reduce({k: v * scale for k, v in means.items()}, sums * share, float(full.mask.sum()) * share)
         out.update(spreads(out))
         out["skipped"] = skipped
         return out
