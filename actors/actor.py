@@ -284,7 +284,7 @@ class Actor:
         """Score each group and send it at once; acks are taken later (``_request``)."""
         t0, scores = time.perf_counter(), []
         for prompt, samples, texts in zip(batch.work.prompts, batch.groups, batch.texts):
-            group_scores = self._score([prompt.kind] * len(texts), texts, [prompt.reference] * len(texts))
+            group_scores = self._score(prompt.kind, texts, [prompt.reference] * len(texts))
             if group_scores is None:  # the scorer kept failing: the lease's unsent prompts go back now
                 self._request(Release(self.actor_id, [batch.work.lease_id], False))
                 return
@@ -296,15 +296,13 @@ class Actor:
         self.metrics.score_seconds.observe(time.perf_counter() - t0)
         self.metrics.score.set(float(np.mean(scores)))
 
-    def _score(self, kinds: list, texts: list, refs: list) -> list[float] | None:
+    def _score(self, kind: str, texts: list, refs: list) -> list[float] | None:
         """Scores, retried on a scorer failure; None when every try failed."""
         from reward_sandbox.client import RemoteScoringError
 
         for attempt in range(1, SCORE_TRIES + 1):
             try:
-                if len(set(kinds)) == 1:
-                    return self.scorer.score(kinds[0], texts, refs)
-                return [self.scorer.score(k, [t], [r])[0] for k, t, r in zip(kinds, texts, refs)]
+                return self.scorer.score(kind, texts, refs)
             except (TimeoutError, RemoteScoringError) as e:
                 self.metrics.score_failures.inc()
                 log.warning("actor %d: scoring failed (try %d of %d): %s", self.index, attempt, SCORE_TRIES, e)
