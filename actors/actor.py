@@ -93,7 +93,10 @@ class Actor:
         self.actor_id = f"{socket.gethostname()}-{os.getpid()}-{index}-{uuid.uuid4().hex[:6]}"
         self.registry = CollectorRegistry()
         self.metrics = ActorMetrics(self.registry)
+        self.weights: WeightFollower | None = None
+        """Set once the engine is built; /health says "loading" until then."""
         port = cfg.metrics_port + index if cfg.metrics_port else 0
+        # first: /metrics and /health answer while the engine loads (minutes for vLLM on a GPU)
         self.server = MetricsServer(self.registry, port, self._health)
         self.ctx = zmq.Context()
         self.curve = load_client(cfg.curve_dir) if cfg.curve_dir else None
@@ -119,8 +122,13 @@ class Actor:
         return self.weights.held
 
     def _health(self) -> dict:
-        held = self.held  # read once (this runs on the metrics server's thread)
-        return {"role": "actor", "actor_id": self.actor_id, "policy_version": held.version, "weight_seq": held.seq}
+        """Runs on the metrics server's thread, from before the engine is built."""
+        weights = self.weights
+        if weights is None:
+            return {"role": "actor", "actor_id": self.actor_id, "state": "loading"}
+        held = weights.held  # read once: version and seq of one broadcast
+        return {"role": "actor", "actor_id": self.actor_id, "state": "running", "policy_version": held.version,
+                "weight_seq": held.seq}
 
     # ------------------------------------------------------------ messaging
     def _reply(self, timeout_s: float):

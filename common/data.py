@@ -4,7 +4,8 @@ Built-in tasks are procedural, seeded and have exact answers, so nothing is
 downloaded: ``arithmetic`` (a op b, answer an integer; ``arithmetic_small``
 with operands up to 10). A ``.jsonl`` path loads
 records ``{"prompt": str, "answer": str, "kind": "math"}`` (kind optional,
-default "math"; "code" records carry JSON tests in "answer").
+default "math", one of ``common.protocol.SCORE_KINDS``; "code" records carry
+JSON tests in "answer", "choice" records a JSON list of accepted integers).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.protocol import SCORE_KINDS
 
 ANSWER_FORMAT = " Put the final answer in \\boxed{}."
 
@@ -72,15 +75,33 @@ def load_tasks(name: str, *, n: int, seed: int) -> list[TaskItem]:
         return BUILTIN[name](n, seed)
     path = Path(name)
     if path.suffix != ".jsonl" or not path.is_file():
-        raise ValueError(f"tasks: {name!r} is neither a built-in task {sorted(BUILTIN)} nor a .jsonl file")
-    items = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            rec = json.loads(line)
-            if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("answer"), str):
-                raise ValueError(f"{path}:{i + 1}: needs string fields 'prompt' and 'answer'")
-            items.append(TaskItem(rec["prompt"], rec["answer"], rec.get("kind", "math")))
+        raise ValueError(f"{name!r} is neither a built-in task {sorted(BUILTIN)} nor a .jsonl file")
+    items = [_record(path, i + 1, line) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+    if not items:
+        raise ValueError(f"{path} holds no records")
     return items
+
+
+def _record(path: Path, line_no: int, line: str) -> TaskItem:
+    """One .jsonl line as a TaskItem; a ValueError naming the file and line for anything else,
+    so a bad record stops the learner at start rather than an actor at scoring time (where a
+    reference no scorer can read would come back to be leased again and again)."""
+    where = f"{path}:{line_no}"
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON: {e}") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("answer"), str):
+        raise ValueError(f"{where}: needs string fields 'prompt' and 'answer'")
+    kind = rec.get("kind", "math")
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"{where}: kind {kind!r} is not one of {SCORE_KINDS}")
+    if kind in ("code", "choice"):  # their answers are JSON (tests; accepted integers)
+        try:
+            json.loads(rec["answer"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: a {kind!r} answer must be JSON: {e}") from None
+    return TaskItem(rec["prompt"], rec["answer"], kind)
 
 
 # --------------------------------------------------------------------------- many_answers

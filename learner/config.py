@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 from common import keys
-from common.config import require
+from common.config import ConfigError, require
+from common.data import BUILTIN, load_tasks
 from learner.schedule import SCHEDULES
 
 ALGORITHMS = ("flowrl", "grpo", "reinforce_pp")
@@ -84,7 +85,8 @@ class LearnerConfig:
     dtype: str = "float32"
     """Training dtype of the policy and reference."""
     tasks: str = "arithmetic"
-    """Built-in task name or a .jsonl file (see common/data.py)."""
+    """Built-in task name or a .jsonl file of {"prompt", "answer", "kind"} records (common/data.py);
+    a file is read whole (num_prompts does not apply to it) and checked at start."""
     num_prompts: int = 512
     """Prompts drawn from a built-in task."""
     task_seed: int = 0
@@ -212,7 +214,15 @@ class LearnerConfig:
         require(self.resume in ("auto", "never") or bool(self.resume), "resume", "'auto', 'never' or a path")
         require(1 <= self.min_actors <= max(self.actors, 1), "min_actors", "must be in [1, actors]")
         require(self.actor_timeout_s > 0, "actor_timeout_s", "must be > 0")
-        require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")
+        if self.tasks in BUILTIN:
+            require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")
+        else:  # read now: a bad record stops the run here, not an actor mid-run
+            try:
+                count = len(load_tasks(self.tasks, n=0, seed=0))
+            except ValueError as e:
+                raise ConfigError(f"tasks: {e}") from None
+            require(count >= self.groups_per_step, "tasks",
+                    f"{self.tasks} has {count} prompts, fewer than groups_per_step {self.groups_per_step}")
         # 1e15: a group's sum of squared scores (for the std) stays far inside float32's range
         require(math.isfinite(self.max_abs_score) and 0 < self.max_abs_score <= 1e15, "max_abs_score",
                 f"must be in (0, 1e15], got {self.max_abs_score}")

@@ -4,10 +4,17 @@ through a real reward_sandbox service (the actors' --reward-endpoint). A
 malformed message sent to the hub is dropped and counted while training goes on."""
 import json
 import re
+import urllib.request
 
 import zmq
 
 from tests.integration.helpers import consecutive_free_ports, free_ports, metrics, start, wait_for
+
+
+def health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        return json.loads(r.read())
 
 
 def test_learner_and_two_actors_train_three_steps(tmp_path):
@@ -59,6 +66,18 @@ def run_three_steps(tmp_path, model: str, max_tokens: int, timeout_s: float, rew
         # the actors export their own metrics while they run
         seen = wait_for(lambda: metrics(ametrics), timeout_s, "actor /metrics", [learner, actors], [llog, alog])
         assert "flowrl_actor_policy_version" in seen
+        # what Kubernetes' probes ask (ops/k8s/base): each role says who it is and what it holds
+        lhealth = health(lmetrics)
+        assert lhealth["role"] == "learner" and lhealth["policy_version"] >= 0 and lhealth["weight_seq"] >= 0
+        states = []  # an actor answers from the start: "loading" while its engine loads, then "running"
+
+        def running():
+            h = health(ametrics)
+            assert h["role"] == "actor" and h["actor_id"], h
+            states.append(h["state"])
+            return h if h["state"] == "running" else None
+        ahealth = wait_for(running, timeout_s, "actor /health running", [learner, actors], [llog, alog])
+        assert set(states) <= {"loading", "running"} and ahealth["policy_version"] >= 0, (states, ahealth)
         wait_for(lambda: (metrics(lmetrics) or {}).get("flowrl_learner_steps_total") == 3, timeout_s, "3 steps",
                  [learner, actors], [llog, alog])
         # actors exit once the learner has sent its last weights and said goodbye; it lingers for a scrape

@@ -2,7 +2,10 @@
 nothing): the actor retries each scoring SCORE_TRIES times, then hands its lease back
 at once (the hub re-queues the prompts instead of waiting out the lease) and goes on;
 once a real service comes up on that endpoint, training proceeds and the run ends
-normally. Real learner, actor and sandbox service processes, real ZeroMQ."""
+normally. The prompts come from a .jsonl task file. Real learner, actor and sandbox
+service processes, real ZeroMQ."""
+import json
+
 import zmq
 
 from actors.actor import SCORE_TRIES
@@ -15,13 +18,16 @@ def test_actor_hands_work_back_while_the_scorer_is_silent_then_trains(tmp_path):
     model = build_tiny_model(tmp_path / "tiny", seed=9)
     router, pub, weights, lmetrics, ametrics, sandbox = free_ports(6)
     llog, alog, slog = tmp_path / "learner.log", tmp_path / "actor.log", tmp_path / "sandbox.log"
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                             for i in range(6)))
     ctx = zmq.Context()
     silent = ctx.socket(zmq.ROUTER)  # takes requests, never replies
     silent.bind(f"tcp://127.0.0.1:{sandbox}")
     learner = start(["learner", "--model", model, "--actors", "1", "--max-steps", "2",
                      "--bind", f"tcp://127.0.0.1:{router}", "--pub-bind", f"tcp://127.0.0.1:{pub}",
                      "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(tmp_path / "run"),
-                     "--set", "groups_per_step=1", "--set", "sampling.n=2", "--set", "sampling.max_tokens=6",
+                     "--set", f"tasks={tasks}", "--set", "groups_per_step=1", "--set", "sampling.n=2", "--set", "sampling.max_tokens=6",
                      "--set", "linger_s=10"], llog)
     actor = start(["actors", "--n", "1", "--model", model, "--learner", f"tcp://127.0.0.1:{router}",
                    "--metrics-port", str(ametrics), "--prompts-per-batch", "1", "--reply-timeout-s", "2",
