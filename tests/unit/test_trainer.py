@@ -165,3 +165,19 @@ def test_learning_rate_follows_the_schedule_and_a_skipped_step_holds_it(tiny, ze
     assert lrs == pytest.approx([1e-3 * x for x in [0.5, 1.0, 1.0, cos[0], cos[1], cos[2]]], rel=1e-9)
     # read after each batch: the next schedule step's factor times log_z_lr
     assert log_z_lrs == pytest.approx([1e-2 * x for x in [1.0, 1.0, cos[0], cos[1], cos[2], cos[3]]], rel=1e-9)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_bfloat16_trains_at_every_zero_stage(tiny, zero_stage):
+    """The GPU configuration (dtype bfloat16: DeepSpeed's bf16 optimizer, fp32 master weights):
+    one step moves every trained weight, the report is finite and the snapshot for the actors
+    is bfloat16."""
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2,
+                                     "dtype": "bfloat16", "zero_stage": zero_stage})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    before = {n: p.detach().clone() for n, p in tr.module.named_parameters()}
+    stats = tr.step(_groups(tiny), version=0)
+    assert stats["skipped"] == "" and np.isfinite(stats["loss"]) and 0 < stats["grad_norm"] < float("inf")
+    assert all(not torch.equal(p, before[n]) for n, p in tr.module.named_parameters()), "a weight did not move"
+    named, _ = tr.snapshot()
+    assert {t.dtype for _, t in named} == {torch.bfloat16}
