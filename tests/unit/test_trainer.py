@@ -181,3 +181,22 @@ def test_bfloat16_trains_at_every_zero_stage(tiny, zero_stage):
     assert all(not torch.equal(p, before[n]) for n, p in tr.module.named_parameters()), "a weight did not move"
     named, _ = tr.snapshot()
     assert {t.dtype for _, t in named} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("source", ["actor", "learner"])
+def test_old_logp_source_learner_recomputes_the_behaviour_logprobs(tiny, source):
+    """Actors' log-probs that are far off (here: every token at log p = -5): taken as π_old
+    ("actor") they put every importance weight outside the clip; recomputed by the learner
+    with its current weights ("learner") every weight is 1, whatever the actors reported."""
+    cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-3,
+                                     "algo.old_logp_source": source})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    groups = _groups(tiny)
+    for g in groups:
+        for c in g.completions:
+            c.logprobs = np.full(len(c.tokens), -5.0, dtype=np.float32)
+    stats = tr.step(groups, version=0)
+    if source == "learner":
+        assert stats["is_weight_mean"] == pytest.approx(1.0, abs=1e-4) and stats["is_clip_frac"] == 0.0
+    else:
+        assert stats["is_clip_frac"] == 1.0
