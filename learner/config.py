@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from common import keys
 from common.config import ConfigError, require
@@ -212,6 +213,10 @@ class LearnerConfig:
         require(self.linger_s >= 0, "linger_s", "must be >= 0")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         require(self.resume in ("auto", "never") or bool(self.resume), "resume", "'auto', 'never' or a path")
+        if self.resume not in ("auto", "never"):
+            require((Path(self.resume) / "meta.json").is_file(), "resume",
+                    f"{self.resume} is not a complete checkpoint (no meta.json); checkpoints are "
+                    f"{self.run_dir}/checkpoints/step-NNNNNNNN")
         require(1 <= self.min_actors <= max(self.actors, 1), "min_actors", "must be in [1, actors]")
         require(self.actor_timeout_s > 0, "actor_timeout_s", "must be > 0")
         if self.tasks in BUILTIN:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from common.config import load
+from common.config import ConfigError, load
 from learner import checkpoint
 from learner.config import LearnerConfig
 from learner.trainer import Trainer
@@ -70,3 +70,17 @@ def test_step_log_is_trimmed_to_the_checkpoint(tmp_path):
     log.write_text("".join(json.dumps({"step": s, "prompt_ids": [s]}) + "\n" for s in range(1, 6)))
     assert checkpoint.truncate_log(log, 3) == 2
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_resume_from_a_named_checkpoint(tiny, tmp_path):  # noqa: F811
+    """``resume = PATH`` takes that checkpoint, not the newest; a path that is not a complete
+    checkpoint is refused when the config is loaded, naming the field."""
+    tr = _trainer(tiny)
+    for step in (1, 2):
+        checkpoint.save(tr.engine, tmp_path, step, {"buffer": None}, rank=0, keep=2)
+    first = checkpoint.checkpoints_dir(tmp_path) / "step-00000001"
+    cfg = load(LearnerConfig, None, {"model": tiny, "run_dir": str(tmp_path), "resume": str(first)})
+    assert checkpoint.resolve(cfg.run_dir, cfg.resume) == first
+    assert checkpoint.load(_trainer(tiny).engine, first)["step"] == 1
+    with pytest.raises(ConfigError, match=r"^resume: .*step-00000009 is not a complete checkpoint"):
+        load(LearnerConfig, None, {"model": tiny, "resume": str(first.parent / "step-00000009")})
