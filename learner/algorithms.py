@@ -19,13 +19,15 @@ class Objective:
     """Whether ``loss`` / ``prepare`` use the reference model's log-probs."""
     uses_log_z: bool
     prepare: Callable[..., torch.Tensor]
-    """(scores[B], group_ids[B], mask, old_logp, ref_logp) -> per-sequence or per-token target."""
+    """(scores[B], group_ids[B], mask, old_logp, ref_logp, across) -> per-sequence or per-token
+    target, for this rank's share of the batch; ``across`` (losses.Across) reduces over the ranks
+    for statistics of the whole batch (groups are never split, so group statistics need none)."""
     loss: Callable[..., tuple[torch.Tensor, dict]]
     """(logp, old_logp, ref_logp, mask, log_z, target) -> (loss, stats)."""
 
 
 def build_objective(cfg: AlgoConfig) -> Objective:
-    def group_adv(scores, group_ids, mask, old_logp, ref_logp):
+    def group_adv(scores, group_ids, mask, old_logp, ref_logp, across):
         return losses.group_normalize(scores, group_ids)
 
     if cfg.algorithm == "flowrl":
@@ -39,9 +41,9 @@ def build_objective(cfg: AlgoConfig) -> Objective:
                                     ref_logp=ref_logp, kl_coef=cfg.kl_coef)
         return Objective(cfg.kl_coef > 0, False, group_adv, grpo)
     if cfg.algorithm == "reinforce_pp":
-        def rpp_adv(scores, group_ids, mask, old_logp, ref_logp):
+        def rpp_adv(scores, group_ids, mask, old_logp, ref_logp, across):
             ref = ref_logp if ref_logp is not None else old_logp  # kl_coef == 0: the KL term vanishes
-            return losses.reinforce_pp_advantages(scores, mask, old_logp, ref, kl_coef=cfg.kl_coef)
+            return losses.reinforce_pp_advantages(scores, mask, old_logp, ref, kl_coef=cfg.kl_coef, across=across)
 
         def rpp(logp, old_logp, ref_logp, mask, log_z, target):
             return losses.reinforce_pp_loss(logp, old_logp, mask, target, clip_eps=cfg.clip_eps)

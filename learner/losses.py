@@ -1,7 +1,8 @@
 """Loss functions for the learner: FlowRL and the GRPO / REINFORCE++ baselines.
 
 Everything here is a pure function of tensors: no module state, no config
-objects, no distributed calls, no optimizer. The trainer (``learner/trainer``)
+objects, no distributed calls (statistics over ranks take an ``Across`` of
+reductions as an argument), no optimizer. The trainer (``learner/trainer``)
 computes per-token log-probs for a batch and then calls exactly one of
 
 * ``flowrl_loss(logp, old_logp, ref_logp, mask, log_z, reward, ...)`` with
@@ -34,7 +35,7 @@ ratios and the k3 KL are computed from clamped log-ratios.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -45,6 +46,8 @@ __all__ = [
     "grpo_loss",
     "reinforce_pp_advantages",
     "reinforce_pp_loss",
+    "Across",
+    "LOCAL",
 ]
 
 # Per-token log-ratios are clamped to this range before exp (PPO ratio, k3 KL).
@@ -362,6 +365,18 @@ def grpo_loss(
 # --------------------------------------------------------------------------
 
 
+class Across(NamedTuple):
+    """Elementwise sum and max of a tensor over every rank holding part of the batch, for
+    statistics of the global batch (REINFORCE++'s whitening). Passed in, so the functions
+    here stay pure; ``LOCAL`` (one rank: the identity) by default."""
+
+    sum: Callable[[Tensor], Tensor]
+    max: Callable[[Tensor], Tensor]
+
+
+LOCAL = Across(sum=lambda t: t, max=lambda t: t)
+
+
 def reinforce_pp_advantages(
     scores: Tensor,
     mask: Tensor,
@@ -370,6 +385,7 @@ def reinforce_pp_advantages(
     *,
     kl_coef: float,
     eps: float = 1e-8,
+    across: Across = LOCAL,
 ) -> Tensor:
     """REINFORCE++ token advantages (Hu 2025; OpenRLHF ``reinforce``).
 
@@ -381,8 +397,9 @@ def reinforce_pp_advantages(
     A = (G - mean) / (std + eps), population std. Zero at padding, zero
     everywhere if all returns are equal. No gradient.
 
-    The whitening statistics are those of the tensors given: call this on the
-    whole training batch (before splitting into micro-batches or ranks).
+    The whitening statistics are those of the tensors given, gathered over the
+    ranks by ``across``: call this on each rank's whole share of the batch (before
+    splitting into micro-batches), with ``across`` summing over the ranks.
     """
     if logp_old.dim() != 2:
         raise ValueError(f"logp_old must be [B, T], got {tuple(logp_old.shape)}")
@@ -404,14 +421,14 @@ def reinforce_pp_advantages(
         # returns-to-go, γ = 1: reversed cumulative sum
         g = torch.flip(torch.cumsum(torch.flip(r, dims=[1]), dim=1), dims=[1])
         g = torch.where(m, g, zero)
-        n = m.sum()
+        n, total = across.sum(torch.stack([m.sum().to(dt), g.sum()]))
         if n == 0:
             return torch.zeros_like(g)
-        mean = g.sum() / n
-        var = torch.where(m, (g - mean).square(), zero).sum() / n
-        gmax = torch.where(m, g, torch.full_like(zero, -math.inf)).max()
-        gmin = torch.where(m, g, torch.full_like(zero, math.inf)).min()
-        if gmax == gmin:
+        mean = total / n
+        var = across.sum(torch.where(m, (g - mean).square(), zero).sum()) / n
+        gmax, neg_gmin = across.max(torch.stack([torch.where(m, g, torch.full_like(zero, -math.inf)).max(),
+                                                 torch.where(m, -g, torch.full_like(zero, -math.inf)).max()]))
+        if gmax == -neg_gmin:
             return torch.zeros_like(g)
         adv = (g - mean) / (var.sqrt() + eps)
         return torch.where(m, adv, zero)

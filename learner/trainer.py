@@ -18,6 +18,7 @@ from learner.algorithms import build_objective
 from learner.buffer import Group
 from learner.config import LearnerConfig
 from learner.diagnostics import behaviour_mismatch, global_norm, spreads, was_clipped, zero_variance_fraction
+from learner.losses import LOCAL, Across
 from learner.model import Batch, PolicyWithLogZ, reference_logprobs
 from learner.schedule import lr_factor
 
@@ -121,6 +122,23 @@ class Trainer:
                 old[sl, :T] = self.module(mb, self.cfg.sampling.temperature)[0].float().cpu()
         return old, ref
 
+    def _across(self, counts: bool) -> Across:
+        """Sums and maxima over the training ranks (on this rank's device: NCCL reduces only
+        CUDA tensors); one rank: the identity. ``counts`` False (a rank rerunning a group at
+        scale 0) joins the collectives with nothing: 0 to sums, -inf to maxima."""
+        if self.world == 1:
+            return LOCAL
+
+        def reduce(op, empty: float):
+            def f(t: torch.Tensor) -> torch.Tensor:
+                out = t.detach().to(self.device, copy=True)
+                if not counts:
+                    out.fill_(empty)
+                dist.all_reduce(out, op=op)
+                return out.to(t.device)
+            return f
+        return Across(sum=reduce(dist.ReduceOp.SUM, 0.0), max=reduce(dist.ReduceOp.MAX, -math.inf))
+
     def _micro(self, n: int) -> list[slice]:
         m = self.cfg.micro_batch_seqs
         return [slice(i, min(i + m, n)) for i in range(0, n, m)]
@@ -131,7 +149,7 @@ class Trainer:
         ``scale`` weighs this rank's loss (its share of an uneven last batch; 0: no share)."""
         full = collate(groups, self.pad_id)
         old, ref = self._pre_pass(full)
-        target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref)
+        target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref, self._across(scale > 0))
         n = len(full.scores)
         slices = self._micro(n)
         # ZeRO 2 reduces gradients in every micro-batch's backward (a collective), so every rank
