@@ -2,10 +2,12 @@
 
 Built-in tasks are procedural, seeded and have exact answers, so nothing is
 downloaded: ``arithmetic`` (a op b, answer an integer; ``arithmetic_small``
-with operands up to 10). A ``.jsonl`` path loads
-records ``{"prompt": str, "answer": str, "kind": "math"}`` (kind optional,
-default "math", one of ``common.protocol.SCORE_KINDS``; "code" records carry
-JSON tests in "answer", "choice" records a JSON list of accepted integers).
+with operands up to 10). A ``.jsonl`` or ``.parquet`` path loads records
+``{"prompt": str, "answer": str, "kind": "math"}`` (kind optional, default
+"math", one of ``common.protocol.SCORE_KINDS``; "code" records carry JSON tests
+in "answer", "choice" records a JSON list of accepted integers), or math
+records in veRL's layout (``prompt`` chat messages,
+``reward_model.ground_truth``), so its preprocessed datasets load as they are.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ ANSWER_FORMAT = " Put the final answer in \\boxed{}."
 
 @dataclass(frozen=True)
 class TaskItem:
-    prompt: str
+    prompt: str | tuple[tuple[str, str], ...]
+    """The question, or a whole chat as (role, content) pairs (common.models.encode_prompt)."""
     reference: str
     kind: str = "math"
 
@@ -70,30 +73,41 @@ def held_out(name: str, *, n: int, seed: int, train_n: int, train_seed: int) -> 
 
 
 def load_tasks(name: str, *, n: int, seed: int) -> list[TaskItem]:
-    """A built-in task by name (``n`` items from ``seed``) or a .jsonl file (all of it)."""
+    """A built-in task by name (``n`` items from ``seed``), or a .jsonl or .parquet file (all of it)."""
     if name in BUILTIN:
         return BUILTIN[name](n, seed)
     path = Path(name)
-    if path.suffix != ".jsonl" or not path.is_file():
-        raise ValueError(f"{name!r} is neither a built-in task {sorted(BUILTIN)} nor a .jsonl file")
-    items = [_record(path, i + 1, line) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+    if path.suffix not in (".jsonl", ".parquet") or not path.is_file():
+        raise ValueError(f"{name!r} is neither a built-in task {sorted(BUILTIN)} nor a .jsonl or .parquet file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # heavy: only for parquet files
+
+        items = [_record(f"{path} row {i}", rec) for i, rec in enumerate(pq.read_table(path).to_pylist(), 1)]
+    else:
+        items = [_record(f"{path}:{i}", _json_line(f"{path}:{i}", line))
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     if not items:
         raise ValueError(f"{path} holds no records")
     return items
 
 
-def _record(path: Path, line_no: int, line: str) -> TaskItem:
-    """One .jsonl line as a TaskItem; a ValueError naming the file and line for anything else,
-    so a bad record stops the learner at start rather than an actor at scoring time (where a
-    reference no scorer can read would come back to be leased again and again)."""
-    where = f"{path}:{line_no}"
+def _json_line(where: str, line: str):
     try:
-        rec = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not JSON: {e}") from None
+
+
+def _record(where: str, rec) -> TaskItem:
+    """One record as a TaskItem; a ValueError naming the file and record for anything else,
+    so a bad record stops the learner at start rather than an actor at scoring time (where a
+    reference no scorer can read would come back to be leased again and again)."""
+    if isinstance(rec, dict) and "reward_model" in rec:
+        return _verl_record(where, rec)
     if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("answer"), str):
-        raise ValueError(f"{where}: needs string fields 'prompt' and 'answer'")
-    kind = rec.get("kind", "math")
+        raise ValueError(f"{where}: needs string fields 'prompt' and 'answer' (or veRL's 'prompt' and "
+                         f"'reward_model')")
+    kind = rec.get("kind") or "math"  # parquet gives None where a row has no kind
     if kind not in SCORE_KINDS:
         raise ValueError(f"{where}: kind {kind!r} is not one of {SCORE_KINDS}")
     if kind in ("code", "choice"):  # their answers are JSON (tests; accepted integers)
@@ -102,6 +116,30 @@ def _record(path: Path, line_no: int, line: str) -> TaskItem:
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: a {kind!r} answer must be JSON: {e}") from None
     return TaskItem(rec["prompt"], rec["answer"], kind)
+
+
+def _verl_record(where: str, rec: dict) -> TaskItem:
+    """A record in veRL's RL dataset layout (its data preprocessing scripts write it):
+    ``prompt`` a list of chat messages, ``reward_model.ground_truth`` the answer, ``ability``
+    the domain. Math only: other domains' ground truths are not in a form our scorers read."""
+    model = rec["reward_model"]
+    truth = model.get("ground_truth") if isinstance(model, dict) else None
+    if isinstance(truth, (int, float)) and not isinstance(truth, bool):
+        truth = str(truth)
+    if not isinstance(truth, str):
+        raise ValueError(f"{where}: reward_model.ground_truth must be a string or a number")
+    ability = rec.get("ability") or "math"
+    if ability != "math":
+        raise ValueError(f"{where}: ability {ability!r}: only math is read in veRL's layout; write "
+                         f"{{prompt, answer, kind}} records for other kinds")
+    messages = rec.get("prompt")
+    if isinstance(messages, str):
+        return TaskItem(messages, truth, "math")
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages)):
+        raise ValueError(f"{where}: prompt must be a string or a list of {{role, content}} messages")
+    return TaskItem(tuple((m["role"], m["content"]) for m in messages), truth, "math")
 
 
 # --------------------------------------------------------------------------- many_answers

@@ -104,12 +104,16 @@ def hf_directory(model: str) -> str:
     return str(out)
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Chat-formatted prompt ids when the tokenizer has a chat template, else the plain text."""
+def encode_prompt(tokenizer, prompt: str | tuple[tuple[str, str], ...]) -> list[int]:
+    """Chat-formatted prompt ids when the tokenizer has a chat template, else the plain text.
+    ``prompt``: a user message, or a whole chat as (role, content) pairs (a system prompt
+    first, say); without a template a chat's contents are joined by blank lines."""
+    chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
+        [{"role": role, "content": content} for role, content in prompt]
     if tokenizer.chat_template:
-        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        out = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
-    return tokenizer(text)["input_ids"]
+    return tokenizer("\n\n".join(m["content"] for m in chat))["input_ids"]
 
 
 _TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]

@@ -103,7 +103,8 @@ def main(argv=None) -> int:
 
     try:
         cfg, gpus = parse_args(argv)
-        embedded_gguf() if cfg.model == EMBEDDED else model_source(cfg.model)  # fail before heavy imports
+        cfg.check_inputs()  # the task file and resume checkpoint: before heavy imports
+        embedded_gguf() if cfg.model == EMBEDDED else model_source(cfg.model)
     except (ConfigError, ModelLoadError) as e:
         print(f"learner: error: {e}", file=sys.stderr)
         return 2

@@ -86,8 +86,9 @@ class LearnerConfig:
     dtype: str = "float32"
     """Training dtype of the policy and reference."""
     tasks: str = "arithmetic"
-    """Built-in task name or a .jsonl file of {"prompt", "answer", "kind"} records (common/data.py);
-    a file is read whole (num_prompts does not apply to it) and checked at start."""
+    """Built-in task name, or a .jsonl or .parquet file of {"prompt", "answer", "kind"} records or
+    of math records in veRL's layout (common/data.py); a file is read whole (num_prompts does not
+    apply to it) and checked at start."""
     num_prompts: int = 512
     """Prompts drawn from a built-in task."""
     task_seed: int = 0
@@ -213,21 +214,10 @@ class LearnerConfig:
         require(self.linger_s >= 0, "linger_s", "must be >= 0")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         require(self.resume in ("auto", "never") or bool(self.resume), "resume", "'auto', 'never' or a path")
-        if self.resume not in ("auto", "never"):
-            require((Path(self.resume) / "meta.json").is_file(), "resume",
-                    f"{self.resume} is not a complete checkpoint (no meta.json); checkpoints are "
-                    f"{self.run_dir}/checkpoints/step-NNNNNNNN")
         require(1 <= self.min_actors <= max(self.actors, 1), "min_actors", "must be in [1, actors]")
         require(self.actor_timeout_s > 0, "actor_timeout_s", "must be > 0")
         if self.tasks in BUILTIN:
             require(self.num_prompts >= self.groups_per_step, "num_prompts", "must be at least groups_per_step")
-        else:  # read now: a bad record stops the run here, not an actor mid-run
-            try:
-                count = len(load_tasks(self.tasks, n=0, seed=0))
-            except ValueError as e:
-                raise ConfigError(f"tasks: {e}") from None
-            require(count >= self.groups_per_step, "tasks",
-                    f"{self.tasks} has {count} prompts, fewer than groups_per_step {self.groups_per_step}")
         # 1e15: a group's sum of squared scores (for the std) stays far inside float32's range
         require(math.isfinite(self.max_abs_score) and 0 < self.max_abs_score <= 1e15, "max_abs_score",
                 f"must be in (0, 1e15], got {self.max_abs_score}")
@@ -235,3 +225,20 @@ class LearnerConfig:
             lacking = keys.missing(self.curve_dir, keys.SERVER_FILES)
             require(not lacking, "curve_dir", f"{self.curve_dir} lacks {', '.join(lacking)}; "
                                               f"create it with: python -m common.keys DIR")
+
+    def check_inputs(self) -> None:
+        """Read what the fields name on this machine: the task file (every record, so a bad one
+        stops the run at start, not an actor mid-run) and a resume checkpoint. The learner calls
+        this at start; ``validate`` does not read files, so a config can be checked where they
+        are not (ops/: manifests name paths inside the pods)."""
+        if self.tasks not in BUILTIN:
+            try:
+                count = len(load_tasks(self.tasks, n=0, seed=0))
+            except ValueError as e:
+                raise ConfigError(f"tasks: {e}") from None
+            require(count >= self.groups_per_step, "tasks",
+                    f"{self.tasks} has {count} prompts, fewer than groups_per_step {self.groups_per_step}")
+        if self.resume not in ("auto", "never"):
+            require((Path(self.resume) / "meta.json").is_file(), "resume",
+                    f"{self.resume} is not a complete checkpoint (no meta.json); checkpoints are "
+                    f"{self.run_dir}/checkpoints/step-NNNNNNNN")

@@ -58,7 +58,9 @@ def test_actors_started_first_wait_for_the_learner(tmp_path):
 
 
 @pytest.mark.parametrize("flag,field", [("algo.beta=0", "algo.beta"), ("algo.is_clip_low=2", "algo.is_clip_low"),
-                                        ("algo.algorithm=dpo", "algo.algorithm"), ("sampling.n=1", "sampling.n")])
+                                        ("algo.algorithm=dpo", "algo.algorithm"), ("sampling.n=1", "sampling.n"),
+                                        ("tasks=/nonexistent/train.jsonl", "tasks"),
+                                        ("resume=/nonexistent/step-00000001", "resume")])
 def test_bad_learner_config(flag, field):
     code, _, err = _run("learner", "--set", flag)
     assert code == 2

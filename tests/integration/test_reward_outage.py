@@ -2,10 +2,10 @@
 nothing): the actor retries each scoring SCORE_TRIES times, then hands its lease back
 at once (the hub re-queues the prompts instead of waiting out the lease) and goes on;
 once a real service comes up on that endpoint, training proceeds and the run ends
-normally. The prompts come from a .jsonl task file. Real learner, actor and sandbox
-service processes, real ZeroMQ."""
-import json
-
+normally. The prompts come from a parquet file in veRL's dataset layout. Real learner,
+actor and sandbox service processes, real ZeroMQ."""
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zmq
 
 from actors.actor import SCORE_TRIES
@@ -18,9 +18,11 @@ def test_actor_hands_work_back_while_the_scorer_is_silent_then_trains(tmp_path):
     model = build_tiny_model(tmp_path / "tiny", seed=9)
     router, pub, weights, lmetrics, ametrics, sandbox = free_ports(6)
     llog, alog, slog = tmp_path / "learner.log", tmp_path / "actor.log", tmp_path / "sandbox.log"
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
-                             for i in range(6)))
+    tasks = tmp_path / "tasks.parquet"  # in veRL's layout, as its preprocessing scripts write it
+    pq.write_table(pa.Table.from_pylist([
+        {"data_source": "sums", "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
+         "prompt": [{"role": "system", "content": "Answer in \\boxed{}."},
+                    {"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(6)]), tasks)
     ctx = zmq.Context()
     silent = ctx.socket(zmq.ROUTER)  # takes requests, never replies
     silent.bind(f"tcp://127.0.0.1:{sandbox}")

@@ -74,13 +74,14 @@ def test_step_log_is_trimmed_to_the_checkpoint(tmp_path):
 
 def test_resume_from_a_named_checkpoint(tiny, tmp_path):  # noqa: F811
     """``resume = PATH`` takes that checkpoint, not the newest; a path that is not a complete
-    checkpoint is refused when the config is loaded, naming the field."""
+    checkpoint is refused at start (``check_inputs``), naming the field."""
     tr = _trainer(tiny)
     for step in (1, 2):
         checkpoint.save(tr.engine, tmp_path, step, {"buffer": None}, rank=0, keep=2)
     first = checkpoint.checkpoints_dir(tmp_path) / "step-00000001"
     cfg = load(LearnerConfig, None, {"model": tiny, "run_dir": str(tmp_path), "resume": str(first)})
+    cfg.check_inputs()
     assert checkpoint.resolve(cfg.run_dir, cfg.resume) == first
     assert checkpoint.load(_trainer(tiny).engine, first)["step"] == 1
     with pytest.raises(ConfigError, match=r"^resume: .*step-00000009 is not a complete checkpoint"):
-        load(LearnerConfig, None, {"model": tiny, "resume": str(first.parent / "step-00000009")})
+        load(LearnerConfig, None, {"model": tiny, "resume": str(first.parent / "step-00000009")}).check_inputs()
