@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,24 +22,8 @@ class ConfigError(ValueError):
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(name, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(hint)):
-            raise ConfigError(f"{name}: expected a list of {len(typing.get_args(hint))}, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(value, typing.get_args(hint)))
+    """``value`` as a field of type ``hint``: the scalars and nested config tables the roles'
+    configs are made of (a field of another type is refused, so it needs adding here first)."""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool):
@@ -51,8 +34,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a table, got {value!r}")
         return build(hint, value, prefix=f"{name}.")
-    if hint is type(None) and value is None:
-        return None
     raise ConfigError(f"{name}: cannot use {value!r} as {hint}")
 
 

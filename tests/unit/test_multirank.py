@@ -20,10 +20,9 @@ from common.config import load
 from common.protocol import Completion
 from learner.buffer import Group
 from learner.config import LearnerConfig
-from learner.model import reference_logprobs
-from learner.trainer import Trainer, collate
+from learner.trainer import Trainer
 from tests.integration.helpers import free_ports
-from tests.unit.test_trainer import tiny  # noqa: F401  (fixture: tiny model, a world-1 gloo group here)
+from tests.unit.test_trainer import on_policy, tiny  # noqa: F401  (fixture: tiny model, a world-1 gloo group here)
 
 N = 4
 CASES = [("grpo", stage, groups) for stage in (0, 2) for groups in (4, 3, 1)] + \
@@ -32,7 +31,6 @@ CASES = [("grpo", stage, groups) for stage in (0, 2) for groups in (4, 3, 1)] + 
 
 def _groups(model_dir: str, count: int) -> list[Group]:
     """``count`` on-policy groups with varied scores, the same in every process."""
-    from common.models import load_model
     rng = np.random.default_rng(7)
     groups = []
     for pid in range(count):
@@ -40,13 +38,7 @@ def _groups(model_dir: str, count: int) -> list[Group]:
         comps = [Completion(rng.integers(3, 90, 2 + (i + pid) % 4).astype(np.int32), np.zeros(2 + (i + pid) % 4,
                             np.float32), "length", float(rng.random()), 0) for i in range(N)]
         groups.append(Group(pid, prompt, comps, "a"))
-    logp = reference_logprobs(load_model(model_dir), collate(groups, 0), 1.0)
-    k = 0
-    for g in groups:
-        for c in g.completions:
-            c.logprobs = logp[k, :len(c.tokens)].numpy().astype(np.float32)
-            k += 1
-    return groups
+    return on_policy(groups, model_dir)
 
 
 def _cfg(model_dir: str, algo: str, zero_stage: int) -> LearnerConfig:

@@ -32,9 +32,20 @@ def tiny(tmp_path_factory):
     os.environ.update(saved)
 
 
-def _groups(model_dir, n=4):
-    """On-policy groups: completions' behaviour log-probs computed by the model itself."""
+def on_policy(groups: list[Group], model_dir: str) -> list[Group]:
+    """``groups`` with each completion's behaviour log-probs computed by the model itself."""
     from common.models import load_model
+    logp = reference_logprobs(load_model(model_dir), collate(groups, 0), 1.0)
+    k = 0
+    for g in groups:
+        for c in g.completions:
+            c.logprobs = logp[k, :len(c.tokens)].numpy().astype(np.float32)
+            k += 1
+    return groups
+
+
+def _groups(model_dir, n=4):
+    """Two on-policy groups of ``n``, scores alternating 0 and 1."""
     rng = np.random.default_rng(0)
     groups = []
     for pid in range(2):
@@ -42,14 +53,7 @@ def _groups(model_dir, n=4):
         comps = [Completion(rng.integers(3, 90, 3 + i).astype(np.int32), np.zeros(3 + i, np.float32), "length",
                             float(i % 2), 0) for i in range(n)]
         groups.append(Group(pid, prompt, comps, "a"))
-    batch = collate(groups, 0)
-    logp = reference_logprobs(load_model(model_dir), batch, 1.0)
-    k = 0
-    for g in groups:
-        for c in g.completions:
-            c.logprobs = logp[k, :len(c.tokens)].numpy().astype(np.float32)
-            k += 1
-    return groups
+    return on_policy(groups, model_dir)
 
 
 @pytest.mark.parametrize("algo", ["flowrl", "grpo", "reinforce_pp"])
