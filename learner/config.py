@@ -233,12 +233,28 @@ class LearnerConfig:
         are not (ops/: manifests name paths inside the pods)."""
         if self.tasks not in BUILTIN:
             try:
-                count = len(load_tasks(self.tasks, n=0, seed=0))
+                items = load_tasks(self.tasks, n=0, seed=0)
             except ValueError as e:
                 raise ConfigError(f"tasks: {e}") from None
-            require(count >= self.groups_per_step, "tasks",
-                    f"{self.tasks} has {count} prompts, fewer than groups_per_step {self.groups_per_step}")
+            require(len(items) >= self.groups_per_step, "tasks",
+                    f"{self.tasks} has {len(items)} prompts, fewer than groups_per_step {self.groups_per_step}")
+            _check_references(self.tasks, items)
         if self.resume not in ("auto", "never"):
             require((Path(self.resume) / "meta.json").is_file(), "resume",
                     f"{self.resume} is not a complete checkpoint (no meta.json); checkpoints are "
                     f"{self.run_dir}/checkpoints/step-NNNNNNNN")
+
+
+def _check_references(path: str, items) -> None:
+    """Read each code and choice reference with the scorer's own parser: one it cannot read
+    would be refused at every lease of that prompt, which would come back again and again."""
+    from reward_sandbox.choice import parse_reference
+    from reward_sandbox.code_reward import parse_tests
+
+    parsers = {"code": parse_tests, "choice": parse_reference}
+    for i, item in enumerate(items, 1):
+        if item.kind in parsers:
+            try:
+                parsers[item.kind](item.reference)
+            except ValueError as e:
+                raise ConfigError(f"tasks: {path} record {i} ({item.kind}): {e}") from None

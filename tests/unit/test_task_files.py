@@ -61,6 +61,12 @@ def test_learner_refuses_a_bad_file_at_start(tmp_path):
         _checked(tasks=str(small), groups_per_step=4)
     # num_prompts is for built-in tasks: a file of 3 is fine for 2 groups a step
     assert _checked(tasks=str(small), groups_per_step=2, num_prompts=1).tasks == str(small)
+    # a reference the scorer cannot read: JSON, but not a test spec / not a list of integers
+    for rec in ({"prompt": "p", "answer": json.dumps({"asserts": "", "cases": []}), "kind": "code"},
+                {"prompt": "p", "answer": '["seven"]', "kind": "choice"}):
+        path = _write(tmp_path, [json.dumps({"prompt": f"{i}?", "answer": str(i)}) for i in range(4)] + [json.dumps(rec)])
+        with pytest.raises(ConfigError, match=rf"^tasks: .*tasks.jsonl record 5 \({rec['kind']}\): "):
+            _checked(tasks=str(path))
     # validate() alone reads no file: a config naming a path that exists only in a pod is valid
     assert load(LearnerConfig, None, {"tasks": "/models/prompts/train.jsonl"}).tasks == "/models/prompts/train.jsonl"
 
