@@ -118,8 +118,9 @@ class LearnerConfig:
     lr × (k+1)/lr_warmup_steps); 0: the full rate from the first step. Applies to the log Z
     head's rate too."""
     lr_schedule: str = "constant"
-    """After the warm-up: "constant", or "cosine" (half a cosine from ``lr`` down to
-    ``min_lr_ratio`` × lr at the last of ``max_steps``)."""
+    """After the warm-up: "constant", or "cosine" (half a cosine from ``lr`` towards
+    ``min_lr_ratio`` × lr, reached one step past the last of ``max_steps``, as transformers'
+    cosine schedule does: the last step still moves when min_lr_ratio is 0)."""
     min_lr_ratio: float = 0.0
     """Where "cosine" ends, as a fraction of ``lr``."""
     weight_decay: float = 0.0
@@ -201,7 +202,7 @@ class LearnerConfig:
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr_schedule == "cosine":
             require(self.max_steps > 0, "lr_schedule",
-                    "cosine decays to the last of max_steps: set max_steps (an epochs-only run has no known end)")
+                    "cosine decays over max_steps: set max_steps (an epochs-only run has no known end)")
             require(self.lr_warmup_steps < self.max_steps, "lr_warmup_steps",
                     f"{self.lr_warmup_steps} leaves none of the {self.max_steps} steps to the cosine decay")
         require(self.zero_stage in (0, 1, 2), "zero_stage",
