@@ -24,8 +24,8 @@ Prints MB/s (10^6 bytes of frames) and groups/s per path, the CPU time a group
 costs each process (all its threads, zmq's I/O threads included: on a loaded
 2-core machine the wall-clock ratio follows the CPU ratio), and the ratio
 project/raw per size (goal >= 0.8), and the ratio of the CPU a group costs both
-processes together, raw over project: on a machine whose cores both paths fill,
-that bounds the wall-clock ratio. Writes bench/results/transport.json.
+processes together, raw over project: times the share of the cores raw keeps
+busy, that bounds the wall-clock ratio. Writes bench/results/transport.json.
 """
 from __future__ import annotations
 
@@ -179,8 +179,8 @@ def run_size(name: str, shape: Shape, groups: int, rounds: int, window: int) -> 
             "bytes_per_group": res["bytes_per_group"], "frames_per_group": res["frames_per_group"],
             "groups_per_round": groups, **per, "raw_baseline": raw,
             "ratio_project_over_raw": med[raw] / med["project"],
-            # both processes share 2 cores, so a path's groups/s is at most cores / (its CPU a
-            # group): the ratio of CPU a group bounds the wall-clock ratio, whatever the overlap
+            # both processes share the cores, so a path's groups/s is at most cores / (its CPU a
+            # group): with raw using a share u of them, project/raw <= this ratio / u
             "cpu_ratio_raw_over_project": sum(cpu[raw]) / sum(cpu["project"])}
 
 
