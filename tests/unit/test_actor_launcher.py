@@ -131,3 +131,18 @@ def test_learner_watch_hears_a_hub():
         server.join(10)
         hub.close(linger=0)
         ctx.destroy(linger=0)
+
+
+def test_a_device_the_installed_vllm_cannot_run_is_refused_at_start(tmp_path, capsys):
+    """vLLM's CPU build here: --device cuda would fail in every actor's engine, each restarted
+    forever (the pod stays Running, nothing counts a failure); the launcher refuses it in one
+    line naming the field, before starting any actor. A device it can run passes."""
+    from actors.__main__ import _preflight, main, parse_args
+    from common.models import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "tiny", seed=0))
+    capsys.readouterr()  # transformers' progress bars
+    assert main(["--engine", "vllm", "--device", "cuda", "--model", model]) == exitcodes.ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device" in err[0] and "'cpu'" in err[0] and "--device cpu" in err[0], err
+    _preflight(parse_args(["--engine", "vllm", "--device", "cpu", "--model", model]))

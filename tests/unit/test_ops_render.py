@@ -90,6 +90,9 @@ def test_overlay_roles_agree(overlay, tmp_path):
         gpu = lc["resources"]["limits"].get("nvidia.com/gpu")
         assert int(gpu) == gpus, "learner --gpus must match its GPU limit"
         assert a.engine == "vllm" and int(first_container(actors)["resources"]["limits"]["nvidia.com/gpu"]) == 1
+        assert a.device.startswith("cuda"), "a GPU actor on device cpu: vLLM's CUDA build refuses it at start"
+    else:
+        assert a.device == "cpu"
 
     # the Service exposes what the learner binds
     svc = get_one(docs, "Service", "flowrl-learner")
