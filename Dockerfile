@@ -2,9 +2,9 @@
 # One image for every role: `python -m learner|actors|reward_sandbox`.
 #
 # CPU (default):
-#   docker build -t flowrl:cpu .
+#   docker build -t flowrl:0.1.0-cpu .
 # GPU (CUDA torch + vLLM 0.32, whose wheels are built for torch 2.13 and CUDA 13):
-#   docker build -t flowrl:gpu \
+#   docker build -t flowrl:0.1.0-gpu \
 #     --build-arg BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 \
 #     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 \
 #     --build-arg EXTRAS=gpu .
