@@ -146,21 +146,31 @@ class Trainer:
     def step(self, groups: list[Group], version: int, scale: float = 1.0) -> dict:
         """One optimizer step on this rank's ``groups``; ``version`` is the policy version of the
         weights held before it (samples tagged with it were generated with exactly these weights).
-        ``scale`` weighs this rank's loss (its share of an uneven last batch; 0: no share)."""
+        ``scale``: this rank's share of the batch's groups times the world size (learner/worker.py);
+        0: no share, it reruns a group only to join the collectives, and its loss counts 0."""
         full = collate(groups, self.pad_id)
         old, ref = self._pre_pass(full)
-        target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref, self._across(scale > 0))
-        n = len(full.scores)
-        slices = self._micro(n)
+        across = self._across(scale > 0)
+        target = self.objective.prepare(full.scores, full.group_ids, full.mask, old, ref, across)
+        slices = self._micro(len(full.scores))
+        # each micro-batch's share of the sequences (or tokens) of the whole batch, all ranks:
+        # its loss is a mean over those, so these weights make the step's loss the batch's mean
+        counts = [float(full.mask[sl].sum()) if self.objective.mean_over == "token" else float(sl.stop - sl.start)
+                  for sl in slices]
+        total = float(across.sum(torch.tensor(sum(counts), dtype=torch.float64)))
+        shares = [c / total if scale > 0 else 0.0 for c in counts]
         # ZeRO 2 reduces gradients in every micro-batch's backward (a collective), so every rank
         # must run as many as the others; a batch that does not split evenly over the ranks (an
         # epoch's last) leaves some fewer. They pad to a full batch's count with passes at weight
         # 0 over their first micro-batch (tests/unit/test_multirank.py hung without this).
         passes = slices + [slices[0]] * (self.gas - len(slices) if self.world > 1 else 0)
-        means: dict[str, float] = {}
+        means: dict[str, float] = {}  # each statistic's share of the batch's value ("_max": the maximum)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # mismatch |Δ|, k3, tokens
         finite = torch.ones((), dtype=torch.bool, device=self.device)  # every micro-batch's loss
         self.engine.train()
+        # dropout stays off in the policy: its log-probs are compared with the actors' (which
+        # sample in eval mode) and with the reference's; only the log Z head trains with it
+        self.module.policy.eval()
         for k, sl in enumerate(passes):
             real = k < len(slices)
             mb = trim(full.select(sl)).to(self.device)
@@ -169,13 +179,13 @@ class Trainer:
             loss, stats = self.objective.loss(
                 logp.float(), old[sl, :T].to(self.device), None if ref is None else ref[sl, :T].to(self.device),
                 mb.mask, log_z, target[sl].to(self.device) if target.dim() == 1 else target[sl, :T].to(self.device))
-            weight = (sl.stop - sl.start) / n if real else 0.0
+            weight = shares[k] if real else 0.0
             # The boundary is ours to mark, not DeepSpeed's micro-step count: gradients are
             # reduced and the optimizer steps after this rank's last micro-batch.
             self.engine.set_gradient_accumulation_boundary(k == len(passes) - 1)
-            # DeepSpeed divides by gradient_accumulation_steps; rescale so the step's
-            # gradient is that of the mean over all sequences, whatever the last micro size.
-            self.engine.backward(loss * weight * self.gas * scale)
+            # DeepSpeed divides by gradient_accumulation_steps and averages over the ranks:
+            # undo both, so the step's gradient is that of the batch's mean.
+            self.engine.backward(loss * weight * self.gas * self.world)
             if not real:
                 continue
             # Every micro-batch's forward sees the pre-step weights (the optimizer steps only
@@ -185,18 +195,20 @@ class Trainer:
             finite &= torch.isfinite(loss.detach())
             stats = dict(stats, loss=float(loss.detach()))
             for key, v in stats.items():
-                means[key] = means.get(key, 0.0) + weight * float(v)
+                if key.endswith("_max"):  # a rank with no share still names the key: same collectives
+                    means[key] = max(means.get(key, -math.inf), float(v) if weight else -math.inf)
+                else:
+                    means[key] = means.get(key, 0.0) + weight * float(v)
         lr = float(self.engine.optimizer.param_groups[0]["lr"])  # this step's: stepping advances the schedule
         norm, skipped = self._optimizer_step(finite)
-        means["grad_norm"] = norm
-        means["grad_clipped"] = float(was_clipped(norm, self.cfg.grad_clip))
-        means["lr"] = lr
-        means["score_mean"] = float(full.scores.mean())
-        means["zero_variance_groups"] = zero_variance_fraction(full.scores, full.group_ids)
-        # Weighted by the rank's share, the mean over ranks is the batch's, even for a last batch
-        # that does not split evenly; a rank with no share (rerunning a group) adds no counts.
+        # per rank, weighted by its share of the groups (scale / world; 0 for a rank rerunning a
+        # group): summed over the ranks, the batch's value even for an uneven last batch
+        rank = {"grad_norm": norm, "grad_clipped": float(was_clipped(norm, self.cfg.grad_clip)), "lr": lr,
+                "score_mean": float(full.scores.mean()),
+                "zero_variance_groups": zero_variance_fraction(full.scores, full.group_ids)}
+        means.update({k: v * scale / self.world for k, v in rank.items()})
         share = float(scale > 0)
-        out = self._all_reduce({k: v * scale for k, v in means.items()}, sums * share, float(full.mask.sum()) * share)
+        out = self._all_reduce(means, sums * share, float(full.mask.sum()) * share)
         out.update(spreads(out))
         out["skipped"] = skipped
         return out
@@ -230,15 +242,19 @@ class Trainer:
             raise RuntimeError("a non-finite loss left finite gradients and ZeRO applied the step")
         return norm, ""
 
-    def _all_reduce(self, means: dict, sums: torch.Tensor, tokens: float) -> dict:
-        """Means over ranks for ``means``; the mismatch sums and token counts add up."""
-        keys = sorted(means)
-        t = torch.cat([torch.tensor([means[k] for k in keys] + [tokens], dtype=torch.float64,
+    def _all_reduce(self, shares: dict, sums: torch.Tensor, tokens: float) -> dict:
+        """``shares`` summed over the ranks (keys ending in "_max": the maximum); the mismatch
+        sums and token counts add up."""
+        keys = sorted(k for k in shares if not k.endswith("_max"))
+        top = sorted(k for k in shares if k.endswith("_max"))
+        t = torch.cat([torch.tensor([shares[k] for k in keys] + [tokens], dtype=torch.float64,
                                     device=self.device), sums])
-        if self.world > 1:
-            dist.all_reduce(t)  # on the rank's device: NCCL reduces only CUDA tensors
+        m = torch.tensor([shares[k] for k in top], dtype=torch.float64, device=self.device)
+        if self.world > 1:  # on the rank's device: NCCL reduces only CUDA tensors
+            dist.all_reduce(t)
+            dist.all_reduce(m, op=dist.ReduceOp.MAX)
         vals = t.tolist()
-        out = {k: v / self.world for k, v in zip(keys, vals)}
+        out = dict(zip(keys, vals)) | dict(zip(top, m.tolist()))
         out["response_tokens"] = vals[len(keys)]
         abs_sum, k3_sum, fresh = vals[len(keys) + 1:]
         out["behaviour_logp_abs_diff"] = abs_sum / fresh if fresh else None

@@ -4,10 +4,9 @@ split evenly (3 groups over 2 ranks) and for a batch smaller than the world (1 g
 rank 1 reruns one at loss scale 0). The gradient norm is what shows a wrong loss scale
 (Adam's first step hides one); the weights show the direction.
 
-GRPO, and REINFORCE++ (whose advantages are whitened over the whole batch, all ranks),
-with one group per micro-batch: their loss is a token mean per micro-batch, so the
-micro-batches must be the same groups on one rank and on two (FlowRL's log Z head has
-dropout, whose draws differ with the rank layout)."""
+GRPO, and REINFORCE++ (whose advantages are whitened over the whole batch, all ranks):
+their loss is a mean over the batch's response tokens, so a rank's share is its tokens,
+not its groups (FlowRL's log Z head has dropout, whose draws differ with the rank layout)."""
 import multiprocessing as mp
 import os
 import time

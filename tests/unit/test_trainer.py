@@ -77,6 +77,49 @@ def test_step_trains_with_each_objective(tiny, algo):
         assert 0.99 < stats["is_weight_mean"] < 1.01  # on-policy groups: w = 1
 
 
+@pytest.mark.parametrize("algo", ["grpo", "reinforce_pp"])
+def test_a_token_mean_loss_does_not_depend_on_the_micro_batches(tiny, algo):
+    """GRPO's and REINFORCE++'s loss is a mean over the batch's response tokens: cutting the
+    batch into micro-batches of 1, 3 or all 8 sequences (a memory knob) must not change the
+    loss, the gradient or the statistics. Weighting micro-batches by their sequences made
+    short sequences count more. "_max" statistics are the batch's maximum, not a mean of
+    the micro-batches' maxima."""
+    results = []
+    for micro in (1, 3, 8):
+        torch.manual_seed(0)
+        cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": micro, "lr": 1e-3,
+                                         "algo.algorithm": algo, "algo.kl_coef": 0.1})
+        groups = _groups(tiny)
+        for c in groups[1].completions:  # off-policy by a varied amount: ratios differ per token
+            c.logprobs = c.logprobs - 0.05 * np.arange(len(c.logprobs), dtype=np.float32)
+        results.append(Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0).step(groups, version=0))
+    one = results[-1]
+    for stats in results[:-1]:
+        for key in ("loss", "grad_norm", "clip_frac", "ratio_mean", "ratio_max", "kl"):
+            if key in one:
+                assert stats[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), (key, stats[key], one[key])
+    assert one["ratio_max"] > 1.05
+
+
+def test_the_policy_trains_without_dropout(tiny, tmp_path):
+    """The actors sample in eval mode: a policy whose config has dropout must score their
+    samples with it off, or on-policy samples look off-policy (importance weights != 1, a
+    mismatch that is noise). The log Z head keeps its own dropout."""
+    import json
+    import shutil
+
+    model = tmp_path / "dropout"
+    shutil.copytree(tiny, model)
+    cfg_json = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(cfg_json, attention_dropout=0.5)))
+    cfg = load(LearnerConfig, None, {"model": str(model), "groups_per_step": 2, "micro_batch_seqs": 3})
+    tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
+    stats = tr.step(_groups(str(model)), version=0)
+    assert stats["behaviour_logp_abs_diff"] < 1e-5
+    assert 0.99 < stats["is_weight_mean"] < 1.01
+    assert not tr.module.policy.training and tr.module.log_z.training
+
+
 def test_log_z_gradient_reaches_the_llm(tiny):
     cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2})
     tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
