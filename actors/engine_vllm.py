@@ -156,20 +156,34 @@ class VLLMEngine:
                 raise RuntimeError(f"vLLM returned {len(g)} completions, expected n={sampling.n}")
         return groups
 
+    def _rpc(self, method: str, *args):
+        """``collective_rpc`` on the worker extension (actors/vllm_worker.py). A call that
+        raised in the worker comes back from vLLM's engine-core process as a bare Exception
+        carrying the message (vllm/v1/engine/core_client.py, _process_utility_output); it
+        is re-raised as the RuntimeError the weight follower handles (a group that did not
+        form, a broadcast cut off), as it is when the worker runs in this process. Any other
+        type (EngineDeadError: the engine is gone) passes through."""
+        try:
+            return _single(self._llm.collective_rpc(method, args=args))
+        except Exception as e:  # noqa: BLE001 (only the bare Exception is caught; see above)
+            if type(e) is not Exception:
+                raise
+            raise RuntimeError(f"vLLM worker, {method}: {e}") from e
+
     def join_weight_group(self, spec: WeightGroupSpec, manifest: list) -> None:
         # Blocks until every member has joined, like WeightGroup itself.
-        _single(self._llm.collective_rpc("join_weight_group", args=(spec.as_dict(), manifest)))
+        self._rpc("join_weight_group", spec.as_dict(), manifest)
         self._joined = True
 
     def leave_weight_group(self) -> None:
         if self._joined:
             self._joined = False
-            _single(self._llm.collective_rpc("close_weight_group"))
+            self._rpc("close_weight_group")
 
     def receive_weights(self) -> int:
         if not self._joined:
             raise RuntimeError("receive_weights called before join_weight_group")
-        received = int(_single(self._llm.collective_rpc("receive_weights")))
+        received = int(self._rpc("receive_weights"))
         # Cached prefixes hold KV computed with the old weights; reusing them
         # would mix policies inside one completion.
         if self._llm.reset_prefix_cache() is False:

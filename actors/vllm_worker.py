@@ -45,6 +45,21 @@ def _reprocess_tied(model: torch.nn.Module) -> None:
         owners.setdefault(key, module)
 
 
+def _end_reload(worker) -> None:
+    """After a reload that failed part-way (the broadcast was cut off): put every layer back
+    on real tensors. The layerwise reload moves all layers to meta tensors first and
+    restores each once its weights are all in; without this, the layers left pending are
+    skipped by the next reload's set-up as already begun, then processed with the old
+    partial data while the new is dropped (vllm/model_executor/model_loader/reload/
+    layerwise.py). What they hold afterwards is no policy: the actor holds no valid weights
+    until a whole broadcast lands (actors/weights.py), and generates nothing before."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+    with set_current_vllm_config(worker.vllm_config):
+        finalize_layerwise_reload(worker.model_runner.get_model(), worker.model_config)
+
+
 class WeightReceiverExtension:
     """Mixed into vLLM's Worker. vLLM refuses an extension whose attribute names
     clash with the worker's, so state lives in ``_flowrl_*`` instance attributes
@@ -80,7 +95,11 @@ class WeightReceiverExtension:
                 received += tensor.numel() * tensor.element_size()
                 yield name, tensor
 
-        self.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+        try:
+            self.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+        except BaseException:
+            _end_reload(self)
+            raise
         _reprocess_tied(self.model_runner.model)
         if received != sum(torch.Size(shape).numel() * getattr(torch, dt).itemsize
                            for _, shape, dt in self._flowrl_manifest):

@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,12 +34,13 @@ def _member(rank: int, world: int, port: int, manifest: list, rounds: int, out) 
     times = {"bucketed": [], "per_tensor": []}
     for _ in range(rounds):
         for mode, bucket in (("bucketed", 64 * 2 ** 20), ("per_tensor", 1)):  # bucket=1 byte: one tensor each
+            g.spec = replace(g.spec, bucket_bytes=bucket)  # every member alike, as the spec is the group's
             g.pg.barrier().wait()
             t0 = time.perf_counter()
             if rank == 0:
-                g.broadcast(named, bucket_bytes=bucket)
+                g.broadcast(named)
             else:
-                for _ in g.receive(manifest, bucket_bytes=bucket):
+                for _ in g.receive(manifest):
                     pass
             times[mode].append(time.perf_counter() - t0)
     if rank == 0:

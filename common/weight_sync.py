@@ -53,6 +53,9 @@ class WeightGroupSpec:
     generation: int = 0
     """Which formation of the group this is; the group is formed anew whenever its
     membership changes (Rendezvous), under its own keys in the one store."""
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    """Bytes a broadcast moves per collective; every member cuts the manifest alike, so
+    it is the group's, not each end's."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -258,8 +261,7 @@ class WeightGroup:
         if self.stream is not None:
             self.stream.synchronize()
 
-    def broadcast(self, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None" = None,
-                  bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
+    def broadcast(self, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None" = None) -> int:
         """Root side: send every tensor in manifest order; returns bytes sent once the transfer is done.
 
         ``ready`` is an event recorded on the stream that produced ``named``."""
@@ -268,19 +270,19 @@ class WeightGroup:
         with self._on_stream():
             if ready is not None and self.stream is not None:
                 self.stream.wait_event(ready)
-            for idx in _buckets(manifest, bucket_bytes):
+            for idx in _buckets(manifest, self.spec.bucket_bytes):
                 flat = torch.cat([named[i][1].detach().reshape(-1).to(self.device) for i in idx])
                 self.pg.broadcast(flat, 0).wait()
                 sent += flat.numel() * flat.element_size()
         self._sync()
         return sent
 
-    def receive(self, manifest: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+    def receive(self, manifest: list) -> Iterator[tuple[str, torch.Tensor]]:
         """Receiver side: yields (name, tensor) bucket by bucket, as views of a flat buffer.
 
         Each bucket's transfer is complete (stream synchronised) before its
         tensors are yielded, so callers may use them on any stream."""
-        for idx in _buckets(manifest, bucket_bytes):
+        for idx in _buckets(manifest, self.spec.bucket_bytes):
             shapes = [torch.Size(manifest[i][1]) for i in idx]
             with self._on_stream():
                 flat = torch.empty(sum(s.numel() for s in shapes), dtype=getattr(torch, manifest[idx[0]][2]),

@@ -111,6 +111,64 @@ def test_weight_broadcast_reaches_vllms_worker(engine, tiny):
     stale = np.concatenate([np.abs(a - s.logprobs) for a, s in
                             zip(learner_logprobs(original, prompts, groups), groups[0])])
     assert stale.mean() > 1e-2  # the engine really holds the new weights, not the old ones
+    engine.leave_weight_group()
+
+
+def _perturbed(tiny, seed: int):
+    from common.models import load_model
+
+    model = load_model(tiny).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model, [(n, p.detach().clone()) for n, p in model.named_parameters()]
+
+
+def test_a_broadcast_cut_off_midway_fails_cleanly_and_the_next_loads_whole(engine, tiny):
+    """The learner dies after a few buckets of a broadcast. vLLM's engine-core process hands
+    the worker's failure back as a bare Exception: the engine raises the RuntimeError that
+    the weight follower handles (actors/weights.py), not something that kills the actor. The
+    layers the cut-off reload left pending are restored, so the next whole broadcast loads
+    every layer: the engine's log-probs are that model's."""
+    from common.weight_sync import _buckets
+
+    engine.leave_weight_group()  # (a no-op unless a test before left it joined)
+    _, cut = _perturbed(tiny, seed=1)
+    manifest = make_manifest(cut)
+    small = 16 * 1024  # the tiny model is a few hundred KiB: many buckets
+    (port,) = free_ports(1)
+    spec = WeightGroupSpec("127.0.0.1", port, 2, 0, "gloo", timeout_s=30, bucket_bytes=small)
+    buckets = _buckets(manifest, small)
+    names = [[manifest[i][0] for i in idx] for idx in buckets]
+    # up to layer 0's gate_proj: vLLM fuses it with up_proj, which never comes (half a layer)
+    cut_at = next(k for k, b in enumerate(names) if b == ["model.layers.0.mlp.gate_proj.weight"]) + 1
+    assert names[cut_at] == ["model.layers.0.mlp.up_proj.weight"]
+
+    def dying_learner():
+        group = WeightGroup(spec, device="cpu")
+        for idx in buckets[:cut_at]:
+            group.pg.broadcast(torch.cat([cut[i][1].reshape(-1) for i in idx]), 0).wait()
+        group.close()
+
+    thread = threading.Thread(target=dying_learner)
+    thread.start()
+    engine.join_weight_group(spec.for_rank(1), manifest)
+    with pytest.raises(RuntimeError):
+        engine.receive_weights()
+    thread.join(timeout=60)
+    engine.leave_weight_group()
+
+    model, named = _perturbed(tiny, seed=2)
+    (port,) = free_ports(1)
+    spec = WeightGroupSpec("127.0.0.1", port, 2, 0, "gloo", timeout_s=60, bucket_bytes=small, generation=1)
+    thread = threading.Thread(target=lambda: WeightGroup(spec, device="cpu").broadcast(named))
+    thread.start()
+    engine.join_weight_group(spec.for_rank(1), make_manifest(named))
+    engine.receive_weights()
+    thread.join(timeout=60)
+    prompts = [np.array([9, 10, 11], np.int32), np.array([30, 31], np.int32)]
+    assert_engine_matches(model, engine.generate(prompts, SAMPLING, seed=3), prompts)
 
 
 def test_top_p_below_one_is_refused(engine):
