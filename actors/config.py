@@ -67,6 +67,13 @@ class ActorConfig:
                 (self.device.startswith("cuda:") and self.device[5:].isdigit()),
                 "device", f"must be 'cpu', 'cuda' or 'cuda:K', got {self.device!r}")
         require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        # vLLM refuses to start when less than gpu_memory_utilization of the GPU is free (even
+        # with kv_cache_gib: vllm/v1/worker/utils.py request_memory): actors sharing one would
+        # each fail at start and be restarted forever
+        require(not (self.engine == "vllm" and self.device.startswith("cuda:")
+                     and self.n * self.gpu_memory_utilization > 1), "gpu_memory_utilization",
+                f"{self.n} actors share {self.device}: each may take at most 1/{self.n} of it "
+                f"(got {self.gpu_memory_utilization:g})")
         require(self.max_model_len >= 0, "max_model_len", "must be >= 0")
         require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a port number")

@@ -1,15 +1,18 @@
 """GPU check of the production path: one learner rank on CUDA, one actor (vLLM's
-CUDA build by default) on the same GPU, weight sync after every step, 3 steps.
+CUDA build by default) on a second GPU when there is one (the weight group then
+broadcasts over NCCL) or on the learner's (gloo), weight sync after every step,
+3 steps.
 
-    python bench/gpu_check.py [--engine vllm|hf] [--model embedded|DIR] [--steps 3]
+    python bench/gpu_check.py [--engine vllm|hf] [--model embedded|DIR] [--steps 3] [--actor-gpu K]
 
 Run it where the project is installed with its GPU extra (the GPU image of
 the Dockerfile), offline; it takes 2-5 minutes. It prints, per step, the
 trainer–engine mismatch (mean |Δ log p| and k3 KL per token on samples made
 with the learner's current weights), the broadcast time and the backend the
-weight group chose (gloo: NCCL refuses two ranks on one GPU), and exits
-non-zero on any failure: a role that crashes or hangs, a missing step, a
-mismatch above --max-abs-diff. Writes bench/results/gpu_check.json.
+weight group chose, and exits non-zero on any failure: a role that crashes or
+hangs, a missing step, a mismatch above --max-abs-diff, a backend other than
+the one expected (NCCL across two GPUs; gloo on one: NCCL refuses two ranks on
+one GPU). Writes bench/results/gpu_check.json.
 """
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-abs-diff", type=float, default=0.05,
                    help="fail above this mean |Δ log p| per token (fp32 on GPU: different kernels, ~1e-3)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.25, help="vLLM's share of the GPU")
+    p.add_argument("--actor-gpu", type=int, default=-1,
+                   help="the actor's GPU; -1: GPU 1 when two are visible (NCCL), else GPU 0 with the learner")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_check.json"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "gpu_check"), help="the roles' logs and step log")
     a = p.parse_args(argv)
-    if a.steps < 1 or a.timeout <= 0 or not 0 < a.gpu_memory_utilization < 1:
-        p.error("--steps >= 1, --timeout > 0 and 0 < --gpu-memory-utilization < 1")
+    if a.steps < 1 or a.timeout <= 0 or not 0 < a.gpu_memory_utilization < 1 or a.actor_gpu < -1:
+        p.error("--steps >= 1, --timeout > 0, 0 < --gpu-memory-utilization < 1 and --actor-gpu >= -1")
     return a
 
 
@@ -54,11 +59,16 @@ def commands(a: argparse.Namespace, run_dir: Path) -> tuple[list[str], list[str]
                "--weight-port", str(weights), "--metrics-port", str(lmetrics), "--run-dir", str(run_dir),
                "--set", "groups_per_step=2", "--set", "sampling.n=4", "--set", "sampling.max_tokens=32",
                "--set", "max_staleness=0", "--set", "lr=1e-5", "--set", "linger_s=0"]
-    actor = [sys.executable, "-m", "actors", "--n", "1", "--engine", a.engine, "--device", "cuda:0",
+    actor = [sys.executable, "-m", "actors", "--n", "1", "--engine", a.engine, "--device", f"cuda:{actor_gpu(a)}",
              "--model", a.model, "--learner", f"tcp://127.0.0.1:{router}", "--metrics-port", str(ametrics),
              "--prompts-per-batch", "2", "--gpu-memory-utilization", str(a.gpu_memory_utilization),
              "--max-model-len", "1024"]
     return learner, actor, lmetrics
+
+
+def actor_gpu(a: argparse.Namespace) -> int:
+    """The actor's GPU (preflight resolves -1 from the GPUs visible; before it, GPU 0)."""
+    return max(a.actor_gpu, 0)
 
 
 def preflight(a: argparse.Namespace) -> None:
@@ -66,6 +76,11 @@ def preflight(a: argparse.Namespace) -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible")
+    count = torch.cuda.device_count()
+    if a.actor_gpu == -1:
+        a.actor_gpu = 1 if count >= 2 else 0
+    if a.actor_gpu >= count:
+        raise SystemExit(f"gpu_check: --actor-gpu {a.actor_gpu}, but {count} GPU(s) visible")
     if a.engine == "vllm":
         import vllm  # noqa: F401  (the GPU build must be installed: pip install -e '.[gpu]')
 
@@ -93,7 +108,7 @@ def run(a: argparse.Namespace) -> dict:
                 p.kill()
     rows = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines()]
     backend = re.search(r"weight group formed \((\w+)", llog.read_text())
-    return {"engine": a.engine, "model": a.model, "seconds": round(time.monotonic() - t0, 1),
+    return {"engine": a.engine, "model": a.model, "actor_gpu": actor_gpu(a), "seconds": round(time.monotonic() - t0, 1),
             "backend": backend.group(1) if backend else None,
             "steps": [{k: r.get(k) for k in ("step", "loss", "behaviour_logp_abs_diff", "behaviour_mismatch_kl",
                                               "broadcast_seconds", "seconds")} for r in rows]}
@@ -108,8 +123,11 @@ def verdict(result: dict, a: argparse.Namespace) -> list[str]:
         d = s["behaviour_logp_abs_diff"]
         if d is None or not d <= a.max_abs_diff:
             problems.append(f"step {s['step']}: mismatch {d} (limit {a.max_abs_diff})")
+    expected = "nccl" if actor_gpu(a) != 0 else "gloo"  # the learner is on GPU 0
     if result["backend"] is None:
         problems.append("the weight group never formed")
+    elif result["backend"] != expected:
+        problems.append(f"weight group backend {result['backend']}, expected {expected}")
     return problems
 
 

@@ -77,13 +77,16 @@ def resolve_backend(setting: str, root_gpu: str | None, member_gpus: list[str | 
     GPU identity of rank 0 and of every other member (None: on CPU)."""
     if setting not in BACKENDS:
         raise ValueError(f"weight backend must be one of {BACKENDS}, got {setting!r}")
-    shared = root_gpu is not None and root_gpu in member_gpus
+    gpus = [root_gpu] + member_gpus
+    # NCCL puts one rank on a GPU ("Duplicate GPU detected"): an actor on the learner's GPU,
+    # or two actors on one
+    shared = len(set(g for g in gpus if g is not None)) < sum(g is not None for g in gpus)
     if setting == "auto":
-        return "nccl" if root_gpu is not None and None not in member_gpus and not shared else "gloo"
-    if setting == "nccl" and (root_gpu is None or None in member_gpus):
+        return "nccl" if None not in gpus and not shared else "gloo"
+    if setting == "nccl" and None in gpus:
         raise ValueError("weight backend 'nccl' needs every member on a GPU; use 'auto' or 'gloo'")
     if setting == "nccl" and shared:
-        raise ValueError(f"an actor shares the learner's GPU {root_gpu}, and NCCL cannot put two ranks "
+        raise ValueError("two members of the weight group share a GPU, and NCCL cannot put two ranks "
                          "on one GPU; use weight backend 'auto' or 'gloo'")
     return setting
 
@@ -270,6 +273,8 @@ class WeightGroup:
         with self._on_stream():
             if ready is not None and self.stream is not None:
                 self.stream.wait_event(ready)
+            elif ready is not None:  # gloo from a CUDA learner: the copies to host must see them done
+                ready.synchronize()
             for idx in _buckets(manifest, self.spec.bucket_bytes):
                 flat = torch.cat([named[i][1].detach().reshape(-1).to(self.device) for i in idx])
                 self.pg.broadcast(flat, 0).wait()
@@ -289,6 +294,11 @@ class WeightGroup:
                                    device=self.device)
                 self.pg.broadcast(flat, 0).wait()
             self._sync()
+            if self.stream is not None:
+                # allocated on the side stream, read by the caller on its own: without this the
+                # caching allocator may hand the memory to a later bucket while copies from
+                # this one are still queued there (torch.Tensor.record_stream)
+                flat.record_stream(torch.cuda.current_stream(self.device))
             for i, part in zip(idx, torch.split(flat, [s.numel() for s in shapes])):
                 yield manifest[i][0], part.view(shapes[idx.index(i)])
 

@@ -57,7 +57,17 @@ def test_missing_file_named(tmp_path):
 @pytest.mark.parametrize("overrides,field", [
     ({"engine": "tgi"}, "engine"), ({"n": 0}, "n"), ({"learner": "localhost:5555"}, "learner"),
     ({"reward_endpoint": "http://x"}, "reward_endpoint"),
+    # 4 vLLM actors on one GPU, each asking for 0.9 of it: every one but the first fails at start
+    ({"engine": "vllm", "device": "cuda:0", "n": 4}, "gpu_memory_utilization"),
 ])
 def test_actor_config_refused(overrides, field):
     with pytest.raises(ConfigError, match=field):
         load(ActorConfig, None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"engine": "vllm", "device": "cuda:0", "n": 4, "gpu_memory_utilization": 0.2},
+    {"engine": "vllm", "device": "cuda", "n": 4},  # actor i on GPU i
+])
+def test_actors_may_share_a_gpu_within_its_memory(overrides):
+    load(ActorConfig, None, overrides)

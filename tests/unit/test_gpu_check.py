@@ -30,6 +30,8 @@ def test_command_lines_parse_with_the_roles_own_parsers(gpu_check, tmp_path):
     acfg = actors_main.parse_args(actor_cmd[3:])
     acfg.validate()
     assert (acfg.engine, acfg.device, acfg.gpu_memory_utilization) == ("vllm", "cuda:0", 0.25)
+    acfg = actors_main.parse_args(gpu_check.commands(gpu_check.parse_args(["--actor-gpu", "1"]), tmp_path)[1][3:])
+    assert acfg.device == "cuda:1"
 
 
 def test_verdict_fails_on_missing_steps_and_mismatch(gpu_check):
@@ -40,6 +42,10 @@ def test_verdict_fails_on_missing_steps_and_mismatch(gpu_check):
     bad = {"backend": None, "steps": [{"step": 1, "behaviour_logp_abs_diff": None}]}
     problems = gpu_check.verdict(bad, a)
     assert len(problems) == 3  # a missing step, a step without mismatch, no weight group
+    # an actor on a second GPU must get NCCL: gloo there means the fast path was never taken
+    two = gpu_check.parse_args(["--steps", "2", "--max-abs-diff", "0.01", "--actor-gpu", "1"])
+    assert gpu_check.verdict(ok, two) == ["weight group backend gloo, expected nccl"]
+    assert gpu_check.verdict(dict(ok, backend="nccl"), two) == []
 
 
 def test_bad_arguments_are_refused(gpu_check):
