@@ -113,10 +113,12 @@ class Broadcaster(threading.Thread):
             self._broadcast(self._group, version, named, ready, generation_k=k)
         except RuntimeError as e:  # a member died mid-broadcast (gloo/NCCL error or timeout)
             log.warning("broadcast of version %d failed: %s", version, e)
-            # Abort our end first: members still blocked receiving from us then fail at once and
-            # report themselves alive, instead of waiting out their own timeout.
+            # Abort our end first: over gloo, members still blocked receiving from us then fail
+            # at once and report themselves alive. NCCL's peers do not see an aborted end: they
+            # fail at their own timeout, and must be waited for that long or be evicted alive.
+            backend = self._group.backend
             self._close_group()
-            wait_s, broken = min(wait_s, 10.0), True
+            wait_s, broken = (min(wait_s, 10.0) if backend == "gloo" else wait_s + 10.0), True
         self._sent_on_group = k
         n = len(self._group_members) + 1
         silent = self.rdv.missing_done(self.generation, k, n, wait_s=wait_s)
