@@ -24,11 +24,14 @@ def _weights(tr: Trainer) -> dict:
     return {n: p.detach().clone() for n, p in tr.module.named_parameters()}
 
 
-@pytest.mark.parametrize("schedule", [{}, {"lr_warmup_steps": 3, "lr_schedule": "cosine", "max_steps": 4}],
-                         ids=["constant", "warmup-cosine"])
+@pytest.mark.parametrize("schedule", [{}, {"lr_warmup_steps": 3, "lr_schedule": "cosine", "max_steps": 4},
+                                      {"dtype": "bfloat16", "zero_stage": 1}, {"dtype": "bfloat16", "zero_stage": 2}],
+                         ids=["constant", "warmup-cosine", "bf16-zero1", "bf16-zero2"])
 def test_resumed_run_ends_bit_identical(tiny, tmp_path, schedule):  # noqa: F811
     """With a schedule, the resumed trainer also continues its learning rate mid-warm-up
-    (a fresh schedule would restart at step 0's rate and end elsewhere)."""
+    (a fresh schedule would restart at step 0's rate and end elsewhere). bf16 at ZeRO 1 and 2
+    (the GPU configuration): DeepSpeed's BF16_Optimizer and ZeRO optimizer keep fp32 master
+    weights and fp32 gradient sums, which the checkpoint must carry."""
     batches = [_groups(tiny) for _ in range(4)]
     straight = _trainer(tiny, **schedule)
     torch.manual_seed(1)

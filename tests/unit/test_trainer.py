@@ -170,12 +170,14 @@ def test_step_reports_gradient_lr_and_flowrl_diagnostics(tiny):
     assert relaxed["grad_clipped"] == 0.0 and 0 < relaxed["grad_norm"] < 1e9
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
-def test_a_non_finite_loss_skips_the_optimizer_step(tiny, zero_stage):
+def test_a_non_finite_loss_skips_the_optimizer_step(tiny, zero_stage, dtype):
     """NaN weights would reach every actor: the step is skipped, the weights and the
-    optimizer stay as they were, and the next finite step trains."""
+    optimizer stay as they were, and the next finite step trains (bf16 at ZeRO 1 runs
+    DeepSpeed's BF16_Optimizer, whose skip is its own)."""
     cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2,
-                                     "zero_stage": zero_stage})
+                                     "zero_stage": zero_stage, "dtype": dtype})
     tr = Trainer(cfg, 0, 1, torch.device("cpu"), pad_id=0)
     before = {n: p.detach().clone() for n, p in tr.module.named_parameters()}
     poisoned = _groups(tiny)
@@ -216,8 +218,8 @@ def test_learning_rate_follows_the_schedule_and_a_skipped_step_holds_it(tiny, ze
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2])
 def test_bfloat16_trains_at_every_zero_stage(tiny, zero_stage):
-    """The GPU configuration (dtype bfloat16: DeepSpeed's bf16 optimizer, fp32 master weights):
-    one step moves every trained weight, the report is finite and the snapshot for the actors
+    """The GPU configuration (dtype bfloat16: DeepSpeed's bf16 optimizer, fp32 master weights,
+    fp32 gradient accumulation under ZeRO): one step moves every trained weight, the report is finite and the snapshot for the actors
     is bfloat16."""
     cfg = load(LearnerConfig, None, {"model": tiny, "groups_per_step": 2, "micro_batch_seqs": 3, "lr": 1e-2,
                                      "dtype": "bfloat16", "zero_stage": zero_stage})
@@ -226,6 +228,8 @@ def test_bfloat16_trains_at_every_zero_stage(tiny, zero_stage):
     stats = tr.step(_groups(tiny), version=0)
     assert stats["skipped"] == "" and np.isfinite(stats["loss"]) and 0 < stats["grad_norm"] < float("inf")
     assert all(not torch.equal(p, before[n]) for n, p in tr.module.named_parameters()), "a weight did not move"
+    # micro-batch gradients add up in fp32 under ZeRO; DeepSpeed allows no fp32 sum at stage 0
+    assert tr.engine.get_data_types() == (torch.bfloat16, torch.float32 if zero_stage else torch.bfloat16)
     named, _ = tr.snapshot()
     assert {t.dtype for _, t in named} == {torch.bfloat16}
 
