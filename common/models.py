@@ -9,6 +9,7 @@ used by tests and CI so that every process loads it by path like a real model.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -34,13 +35,28 @@ def embedded_gguf() -> tuple[str, str]:
     return str(directory), ggufs[0].name
 
 
+LOGIT_TRANSFORMS = (("final_logit_softcapping", None), ("logit_scale", 1.0), ("logits_scaling", 1.0))
+"""config.json keys (and their neutral values) of models whose forward changes the logits after
+the lm_head: Gemma 2's soft-capping, Cohere's scale, Granite's divisor. The learner computes
+log-probs as log_softmax(lm_head(hidden) / T) (learner/model.py), so such a model would score
+every sample differently from the engine that drew it."""
+
+
 def model_source(model: str) -> tuple[str, dict]:
     if model == EMBEDDED:
         directory, gguf = embedded_gguf()
         return directory, {"gguf_file": gguf}
-    if not (Path(model) / "config.json").is_file():
+    config = Path(model) / "config.json"
+    if not config.is_file():
         raise ModelLoadError(f"model {model!r} is not a directory with config.json "
                              f"(give a local Hugging Face model directory, or 'embedded')")
+    fields = json.loads(config.read_text())
+    changed = [f"{key} = {fields[key]!r}" for key, neutral in LOGIT_TRANSFORMS
+               if fields.get(key) not in (neutral, None)]
+    if changed:
+        raise ModelLoadError(f"model {model!r}: its forward transforms the logits ({', '.join(changed)}), "
+                             f"which the learner's log-probs (lm_head of the last hidden state) do not apply; "
+                             f"not supported")
     return model, {}
 
 
