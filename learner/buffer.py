@@ -86,6 +86,14 @@ class ReplayBuffer:
         horizon = version + self.max_staleness + 1 - next_take
         return min(self.capacity, horizon * self.groups_per_step)
 
+    def step_skipped(self, version: int) -> None:
+        """The step that took at ``version`` left the weights as they were (a non-finite loss):
+        the next take is at ``version`` again, not a version later. Without this, leases stay
+        sized for a take that will not come: at max_staleness 0 the limit is 0 for good."""
+        with self._cond:
+            if self.last_take == version:
+                self.last_take = version - 1
+
     @property
     def in_flight(self) -> int:
         return sum(len(lease.prompt_ids) for lease in self.leases.values())

@@ -162,6 +162,7 @@ class Rank0:
     def record_skip(self, step: int, groups, stats: dict) -> None:
         """A step whose loss or gradient was not finite: its groups are spent, the policy is not."""
         self.metrics.skipped_steps.labels(stats["skipped"]).inc()
+        self.buffer.step_skipped(self.state.policy_version)
         row = dict(step=step, version=self.state.policy_version, prompt_ids=[g.prompt_id for g in groups],
                    skipped=stats["skipped"], grad_norm=str(stats["grad_norm"]), loss=str(stats["loss"]))
         self.step_log.write(json.dumps(row) + "\n")

@@ -60,6 +60,20 @@ def test_an_actor_a_version_behind_is_leased_only_what_it_can_deliver_in_time():
     assert len(b.lease("a", 100, 5, policy_version=5)[1]) == 2
 
 
+def test_a_skipped_step_does_not_shrink_the_leases():
+    """A step that took at version 5 and was skipped (non-finite loss) leaves the learner at 5,
+    and its next take is at 5 again: leases are sized for that take, not one a version later
+    (at max_staleness 0 that was a limit of 0 for good: the learner waited for groups forever)."""
+    b = _buffer(max_staleness=0)
+    lid, ids = b.lease("a", 2, 5, policy_version=5)
+    for pid in ids:
+        b.complete(lid, _group(pid, 5))
+    assert len(b.take(2, 5)) == 2
+    assert b.lease("a", 100, 5, policy_version=5) == (0, [])  # that step is training: nothing fits
+    b.step_skipped(5)
+    assert len(b.lease("a", 100, 5, policy_version=5)[1]) == 2
+
+
 def test_completed_groups_count_against_the_bound_until_taken():
     b = _buffer(capacity=3, max_staleness=5)
     lid, ids = b.lease("a", 3, 0)
