@@ -222,7 +222,7 @@ class Actor:
         if not isinstance(welcome, Welcome):
             raise LearnerGone(f"expected welcome, got {type(welcome).__name__}")
         self.pending = WeightRef(welcome.weight_seq, welcome.policy_version)
-        self.weights.attach(welcome.weight_group, welcome.manifest)
+        self.weights.attach(welcome.weight_group, welcome.manifest, welcome.policy_version)
         self.sub = transport.subscriber(self.ctx, welcome.pub_endpoint, curve=self.curve)
         log.info("actor %d: joined run %s as %s", self.index, welcome.run_id, self.actor_id)
 

@@ -46,12 +46,15 @@ class WeightFollower:
         self.received = 0  # broadcasts taken on that generation
         self.skip: int | None = None  # a generation that failed here: wait for a newer one
 
-    def attach(self, weight_group: dict | None, manifest: list) -> None:
+    def attach(self, weight_group: dict | None, manifest: list, learner_version: int) -> None:
         """A new learner session (Welcome): its store, nothing joined yet. Broadcast sequence
-        numbers restart with a learner; the weights (and their version) stay what they are."""
+        numbers restart with a learner; the weights (and their version) stay what they are,
+        unless they are ahead of ``learner_version``: a learner restarted from an earlier step
+        (or from scratch) never made them, so they are no version of its policy."""
         self.leave()
         self.group, self.manifest, self.skip = weight_group, manifest, None
-        self.held = WeightRef(0, self.held.version)
+        version = self.held.version if self.held.version <= learner_version else INVALID
+        self.held = WeightRef(0, version)
         self.rdv = None
         if weight_group is not None:
             store = open_store(weight_group["host"], weight_group["port"], weight_group["timeout_s"], master=False)

@@ -4,10 +4,12 @@ each new policy to the actors in a background thread so that training does
 not wait for actors to reach a generation boundary.
 
 Membership is elastic. The group is formed anew (a new generation in the
-rendezvous store) whenever the hub's members differ from the group's: an
-actor joined, left or was evicted. A new generation with non-initial weights
-first gets the newest snapshot, so a newcomer or a restarted actor holds the
-current weights before the hub leases it work. A member that does not join a
+rendezvous store) whenever the hub's membership changes: an actor joined,
+left, was evicted or started a new session. A new generation first gets the
+newest snapshot, the initial weights included (what its members hold is
+unknown: an actor that outlived a learner restarted from an earlier step holds
+weights this learner never made), so every member holds the current weights
+before the hub leases it work. A member that does not join a
 generation, or does not confirm a broadcast, within the group's timeout is
 evicted and the rest go on; nothing waits on a dead peer longer than that.
 
@@ -38,13 +40,13 @@ log = logging.getLogger("learner.broadcast")
 class Broadcaster(threading.Thread):
     def __init__(self, *, pub_bind: str, advertise_host: str, spec: WeightGroupSpec | None, device: torch.device,
                  state: RunState, metrics: WeightSyncMetrics, curve_dir: str = "",
-                 members: Callable[[], tuple[str, ...]] = tuple,
+                 membership: Callable[[], tuple[int, tuple[str, ...]]] = lambda: (0, ()),
                  evict: Callable[[list[str], str], None] = lambda ids, reason: None):
         """``spec``: where the rendezvous store listens (rank 0's fields); None: no actor takes
-        weights, versions are only announced. ``members`` / ``evict``: the hub's seat list."""
+        weights, versions are only announced. ``membership`` / ``evict``: the hub's seats."""
         super().__init__(name="broadcaster", daemon=True)
         self.spec, self.state, self.metrics = spec, state, metrics
-        self.members, self.evict = members, evict
+        self.membership, self.evict = membership, evict
         self.ctx = zmq.Context()
         keys = load_server(curve_dir) if curve_dir else None
         # ZAP is per context and must answer before the first subscriber connects
@@ -65,8 +67,9 @@ class Broadcaster(threading.Thread):
         self.generation = 0
         self._group: WeightGroup | None = None
         self._group_members: tuple[str, ...] = ()
+        self._group_epoch = 0  # the hub's membership epoch the current generation was formed for
         self._sent_on_group = 0  # broadcasts made on the current generation
-        self._group_version = 0  # policy version the current generation's members hold
+        self._group_version = -1  # policy version the current generation's members hold (-1: unknown)
 
     def submit(self, version: int, named: list[tuple[str, torch.Tensor]], ready: "torch.cuda.Event | None") -> None:
         """Queue ``named`` (already a snapshot the trainer will not modify) for broadcast."""
@@ -101,8 +104,9 @@ class Broadcaster(threading.Thread):
     # ------------------------------------------------------------ membership
     def _serve_members(self) -> None:
         """Re-form the group if membership changed, then bring its members to the newest weights."""
-        members = self.members()
-        if members != self._group_members:
+        epoch, members = self.membership()  # one value: the ids and the change they came with
+        if epoch != self._group_epoch:
+            self._group_epoch = epoch
             self._form(members)
         if self._group is None or self._latest is None or self._latest[0] == self._group_version:
             return
@@ -136,8 +140,10 @@ class Broadcaster(threading.Thread):
         self.generation += 1
         self.rdv.publish_generation(self.generation, list(members))
         self._group_members, self._sent_on_group = members, 0
-        # Fresh members hold the initial weights; a non-initial snapshot must reach them first.
-        self._group_version = 0
+        # What members hold is unknown: a fresh actor holds the initial weights, one that outlived
+        # a learner restarted from an earlier step (or from scratch) holds weights of versions
+        # this learner has not made. Every new generation gets the current weights first.
+        self._group_version = -1
         self.metrics.generations.inc()
         if not members:
             return
@@ -160,7 +166,7 @@ class Broadcaster(threading.Thread):
         """Evict members that failed the group; the next pass re-forms it without them."""
         self.evict(actor_ids, reason)
         self._close_group()
-        self._group_members = ()  # forces a new generation with whoever is left
+        self._group_epoch = -1  # forces a new generation with whoever is left
 
     def _close_group(self) -> None:
         if self._group is not None:

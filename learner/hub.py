@@ -114,9 +114,10 @@ class Hub(threading.Thread):
         self.auth = transport.start_authenticator(self.ctx, keys) if keys is not None else None
         self.sock = transport.router(self.ctx, bind, curve=keys)
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self._members: tuple[str, ...] = ()
-        """Actors holding a seat, in joining order; replaced whole under _members_lock (the
-        broadcaster reads it from its thread)."""
+        self._membership: tuple[int, tuple[str, ...]] = (0, ())
+        """(epoch, actors holding a seat in joining order): one value, replaced whole under
+        _members_lock (the broadcaster reads it from its thread). The epoch counts every change,
+        a member's new session included, which leaves the ids as they were."""
         self._members_lock = threading.Lock()
         self.started = False
         """Set once min_actors have joined; no work is leased before."""
@@ -201,7 +202,7 @@ class Hub(threading.Thread):
                 self._reject(peer, "identity", f"actor id {msg.actor_id!r} is bound to another key")
                 return
             _touch(self.last_seen, msg.actor_id, time.monotonic())
-            if not isinstance(msg, Hello) and msg.actor_id not in self._members:
+            if not isinstance(msg, Hello) and msg.actor_id not in self.members():
                 # a restarted learner, or an actor evicted meanwhile: it must say hello again
                 self._reject(peer, "unknown_actor", f"{type(msg).__name__} from {msg.actor_id!r}, no seat")
                 self._reply(peer, Error("unknown_actor", "say hello again"))
@@ -239,14 +240,20 @@ class Hub(threading.Thread):
     # ------------------------------------------------------------ membership
     def members(self) -> tuple[str, ...]:
         """The actors holding a seat, in joining order (any thread)."""
-        return self._members
+        return self._membership[1]
+
+    def membership(self) -> tuple[int, tuple[str, ...]]:
+        """(epoch, members), read as one value (any thread): a new epoch is a new weight group."""
+        return self._membership
 
     def evict(self, actor_ids, reason: str) -> None:
         """Take seats away (any thread): failed a broadcast, went silent, left. Their leases
         are re-queued at once; if they are alive they must say hello again."""
         with self._members_lock:
-            gone = [a for a in self._members if a in set(actor_ids)]
-            self._members = tuple(a for a in self._members if a not in set(actor_ids))
+            epoch, members = self._membership
+            gone = [a for a in members if a in set(actor_ids)]
+            if gone:
+                self._membership = (epoch + 1, tuple(a for a in members if a not in set(actor_ids)))
         for actor_id in gone:
             self.buffer.release(actor_id)
             if reason == "left":
@@ -257,16 +264,23 @@ class Hub(threading.Thread):
 
     def _hello(self, peer: bytes, msg: Hello):
         with self._members_lock:
-            new = msg.actor_id not in self._members
-            if new and len(self._members) >= self.seats:
+            epoch, members = self._membership
+            new = msg.actor_id not in members
+            if new and len(members) >= self.seats:
                 return Error("full", f"all {self.seats} actor seats are taken; retry later")
-            if new:
-                self._members = self._members + (msg.actor_id,)
-            self.started = self.started or len(self._members) >= self.min_actors
+            # a member's hello is a new session (it lost the learner for a while and reconnected):
+            # its old session's work will never be acked and it left its weight group, so both
+            # start over (a new epoch re-forms the group even though the ids stay the same)
+            self._membership = (epoch + 1, members + (msg.actor_id,) if new else members)
+            self.started = self.started or len(self._membership[1]) >= self.min_actors
         if new:
             self.metrics.joins.inc()
             log.info("actor %s (%s, pid %d) joined: %d member(s)", msg.actor_id, msg.engine, msg.pid,
-                     len(self._members))
+                     len(self._membership[1]))
+        else:
+            released = self.buffer.release(msg.actor_id)
+            log.info("actor %s started a new session: %d prompt(s) of the old one handed back", msg.actor_id,
+                     released)
         weights = self.state.weights  # read once: seq and version from the same broadcast
         return Welcome(self.run_id, weights.version, weights.seq, self.state.pub_endpoint, self.weight_group,
                        self.manifest if self.weight_group is not None else [])
@@ -280,7 +294,9 @@ class Hub(threading.Thread):
         # behind (or a newcomer without the current weights) gets nothing until it catches up.
         # The buffer sizes the lease so that it is trained before it is max_staleness old.
         learner = self.state.policy_version
-        fresh = learner - msg.policy_version <= self.max_staleness and msg.policy_version >= 0
+        # an actor ahead of the learner holds weights of another run (one restarted from an
+        # earlier step): it gets nothing until this learner's weights reach it
+        fresh = 0 <= learner - msg.policy_version <= self.max_staleness and msg.policy_version >= 0
         lease_id, ids = 0, []
         if self.started and fresh:
             lease_id, ids = self.buffer.lease(msg.actor_id, msg.credits, msg.policy_version, learner)
@@ -337,14 +353,14 @@ class Hub(threading.Thread):
 
     def _gauges(self) -> None:
         now = time.monotonic()
-        members = self._members
+        members = self.members()
         # a member missing from last_seen was pruned there, unheard of for the peer horizon: silent
         # too (the horizon is by default the actor timeout, so pruning used to come first and the
         # seat was never freed; bench/soak.py)
         silent = [a for a in members if now - self.last_seen.get(a, -math.inf) > self.actor_timeout_s]
         if silent:
             self.evict(silent, "silent")
-        self.metrics.members.set(len(self._members))
+        self.metrics.members.set(len(self.members()))
         self.metrics.actors.set(sum(now - t < self.actor_timeout_s for t in self.last_seen.values()))
         buffered, in_flight = self.buffer.sizes()
         self.metrics.buffer.set(buffered)

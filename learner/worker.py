@@ -67,7 +67,7 @@ class Rank0:
         self.broadcaster = Broadcaster(pub_bind=cfg.pub_bind, advertise_host=cfg.advertise_host, spec=spec,
                                        device=trainer.device,
                                        state=self.state, metrics=WeightSyncMetrics(self.registry, "learner"),
-                                       curve_dir=cfg.curve_dir, members=self.hub.members, evict=self.hub.evict)
+                                       curve_dir=cfg.curve_dir, membership=self.hub.membership, evict=self.hub.evict)
         self.hub.metrics.expected_actors.set(cfg.actors)
         self.server = MetricsServer(self.registry, cfg.metrics_port, self._health)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,8 @@ class Rank0:
             log.info("resumed at step %d; %d step log row(s) after it dropped", step, dropped)
         self.step_log = open(log_path, "a")
         self.state.policy_version = step
-        if step and snapshot is not None:
-            self.broadcaster.submit(step, *snapshot)  # actors must hold the resumed weights first
+        if snapshot is not None:
+            self.broadcaster.submit(step, *snapshot)  # actors must hold these weights first
         self.broadcaster.start()
         self.hub.start()
         log.info("learner hub on %s, metrics on :%d, %d prompts", self.cfg.bind, self.server.port, len(self.hub.prompts))
@@ -224,7 +224,7 @@ def _start(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None") -> int:
         step, buffer_state = meta["step"], meta["buffer"]
         log.info("resuming from %s (step %d)", path, step)
     if r0 is not None:
-        snapshot = trainer.snapshot() if cfg.actors and step else None
+        snapshot = trainer.snapshot() if cfg.actors else None
         r0.begin(step, buffer_state, snapshot)
     return step
 

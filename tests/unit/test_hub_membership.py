@@ -60,3 +60,37 @@ def test_a_crash_in_the_hub_thread_reaches_the_trainer(ctx, monkeypatch):  # noq
                 time.sleep(0.01)
             assert not hub.is_alive()
             hub.check()  # what the trainer calls every step
+
+
+def test_an_actor_ahead_of_the_learner_gets_no_work(ctx):  # noqa: F811
+    """Weights of version 3 held by an actor that outlived its learner, now restarted at
+    version 1 (or from scratch): this learner never made them, and every group they produce
+    would be refused as bad_policy_version after locking its prompts for the lease timeout."""
+    with running_hub() as hub:
+        hub.state.policy_version = 1
+        peer = Peer(ctx, hub, "a")
+        ahead = peer.ask(WorkRequest("a", 4, 3))
+        assert isinstance(ahead, Work) and ahead.prompts == [] and ahead.retry_after_s > 0
+        assert hub.buffer.sizes() == (0, 0)
+        assert len(peer.ask(WorkRequest("a", 4, 1)).prompts) == 4  # once it holds this learner's weights
+
+
+def test_a_members_new_session_hands_back_its_leases_and_re_forms_the_group(ctx):  # noqa: F811
+    """An actor that lost the learner for a while reconnects and says hello again: its old
+    session's work will never be acked (its socket is gone), so its prompts go back at once,
+    not at the lease deadline; it left its weight group, so the membership changes (a new
+    epoch, the broadcaster's cue to re-form) though the ids stay the same."""
+    with running_hub() as hub:
+        a = Peer(ctx, hub, "a")
+        assert isinstance(a.ask(Hello("a", "hf", "m", 1)), Welcome)
+        a.joined = True
+        a.lease(credits=3)
+        epoch, members = hub.membership()
+        assert members == ("a",) and hub.buffer.sizes() == (0, 3)
+        a.sock.close(linger=0)
+        again = transport.dealer(ctx, hub.endpoint, "a/2")  # the new session's socket, as the actor names it
+        transport.send(again, Hello("a", "hf", "m", 1))
+        assert isinstance(transport.recv(again, 5.0), Welcome)
+        assert hub.membership() == (epoch + 1, ("a",))
+        assert hub.buffer.sizes() == (0, 0)
+        assert counter(hub.metrics.joins) == 1  # the same member, not a second one

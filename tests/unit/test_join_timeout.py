@@ -37,7 +37,7 @@ def test_a_member_that_never_joins_is_evicted_and_the_rest_get_the_weights(tmp_p
     b = Broadcaster(pub_bind="tcp://127.0.0.1:0", advertise_host="127.0.0.1",
                     spec=WeightGroupSpec("127.0.0.1", port, 1, 0, "gloo", TIMEOUT_S, 0), device=torch.device("cpu"),
                     state=RunState(), metrics=WeightSyncMetrics(CollectorRegistry(), "learner"),
-                    members=lambda: tuple(seats), evict=evict)
+                    membership=lambda: (len(seats), tuple(seats)), evict=evict)
     engine = HFEngine(model, device="cpu", dtype="float32", seed=0)
     follower = WeightFollower(engine, "a1", WeightSyncMetrics(CollectorRegistry(), "actor"), held=WeightRef(0, 0))
     b.submit(1, named, None)
@@ -45,7 +45,7 @@ def test_a_member_that_never_joins_is_evicted_and_the_rest_get_the_weights(tmp_p
     b.start()
     try:
         follower.attach({"host": "127.0.0.1", "port": port, "backend": "gloo", "timeout_s": TIMEOUT_S},
-                        make_manifest(named))
+                        make_manifest(named), 0)
         while follower.held.version != 1 and time.monotonic() - t0 < 10 * TIMEOUT_S:
             follower.sync()  # what the actor does between generation batches
             b.check()
