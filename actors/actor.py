@@ -254,11 +254,19 @@ class Actor:
             try:
                 if ready is not None:
                     self._deliver(ready)
+                self._wait_heard(future)
             finally:
                 futures.wait([future])  # never leave (and change weights) with a generation running
             ready = future.result()
             # a generation that ended before the previous batch was out left the engine idle since
             self.metrics.idle.labels("scoring").inc(max(0.0, time.monotonic() - ready.done_at))
+
+    def _wait_heard(self, future: futures.Future) -> None:
+        """Wait for the generation, saying every ``heartbeat_s`` that this actor is alive: one
+        that takes longer than the hub's actor_timeout_s would get it evicted as silent."""
+        while not futures.wait([future], timeout=self.cfg.heartbeat_s).done:
+            held = self.held
+            self._request(Heartbeat(self.actor_id, held.version, held.seq))
 
     def _idle(self, seconds: float) -> None:
         t0 = time.perf_counter()

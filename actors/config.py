@@ -44,6 +44,10 @@ class ActorConfig:
     reply_timeout_s: float = 30.0
     """A learner that does not answer a request within this is taken as gone: the actor
     reconnects (and notices a dead or restarted learner within about this long)."""
+    heartbeat_s: float = 10.0
+    """While a generation runs (long chains of thought take minutes), the actor tells the
+    learner it is alive this often: the hub evicts an actor unheard of for its
+    actor_timeout_s (learner config, 120 s by default). Keep it well below that."""
     give_up_after_s: float = 0.0
     """The launcher exits (code 69, one line) once no learner has answered for this long: the
     run is over or the learner is gone for good. 0: wait forever (local use). Clusters set it
@@ -78,6 +82,7 @@ class ActorConfig:
         require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a port number")
         require(self.connect_timeout_s > 0 and self.reply_timeout_s > 0, "connect_timeout_s", "timeouts must be > 0")
+        require(self.heartbeat_s > 0, "heartbeat_s", "must be > 0")
         require(self.give_up_after_s >= 0, "give_up_after_s", "must be >= 0 (0: wait forever)")
         require(not self.reward_endpoint or self.reward_endpoint.startswith(("tcp://", "ipc://")),
                 "reward_endpoint", "must be a zmq endpoint or empty")

@@ -6,7 +6,8 @@ the test sees the pipeline's shape: batch k+1 generates while batch k is being
 scored, groups leave one by one as each is scored (not after the whole batch),
 at most ``send_window`` groups are ever unacked, and every group sent is
 acked and accepted. When the hub says the run is over the actor stops cleanly
-with no generation left running.
+with no generation left running. A generation longer than the hub's
+actor_timeout_s does not get the actor evicted as silent: it says it is alive.
 """
 from __future__ import annotations
 
@@ -118,3 +119,54 @@ def test_generation_overlaps_scoring_and_groups_stream_within_the_window(tmp_pat
     assert np.median(gaps) >= 0.8 * SCORE_S, gaps
     accepted = next(s.value for m in actor.metrics.sent.collect() for s in m.samples if s.name.endswith("_total"))
     assert accepted == buffer.sizes()[0]  # every group that reached the buffer was acked to the actor
+
+
+def test_a_generation_longer_than_the_actor_timeout_keeps_the_seat(tmp_path):
+    """Long chains of thought: a generation takes 3 s, the hub evicts an actor unheard of for
+    1.5 s. The actor's heartbeats while it waits keep its seat, and its groups are accepted
+    (an evicted actor's groups are refused, and it must say hello again)."""
+    from common.models import build_tiny_model
+    from transformers import AutoConfig
+
+    model = build_tiny_model(tmp_path / "tiny", seed=4)
+    buffer = ReplayBuffer(len(PROMPTS), capacity=64, groups_per_step=8, max_staleness=3, lease_timeout_s=60.0)
+    ctx = zmq.Context()
+    pub = transport.publisher(ctx, "tcp://127.0.0.1:0")
+    state = RunState(pub_endpoint=transport.bound_endpoint(pub, "127.0.0.1"))
+    metrics = HubMetrics(CollectorRegistry())
+    hub = Hub(bind="tcp://127.0.0.1:0", buffer=buffer, prompts=PROMPTS, kinds=["math"] * len(PROMPTS),
+              references=["1"] * len(PROMPTS), sampling=Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=6),
+              state=state, metrics=metrics, weight_group=None, manifest=[], seats=4, lease_timeout_s=60.0,
+              vocab_size=AutoConfig.from_pretrained(model).vocab_size, actor_timeout_s=1.5)
+    hub.start()
+    cfg = ActorConfig(learner=hub.endpoint, model=model, prompts_per_batch=2, metrics_port=0, heartbeat_s=0.3)
+    actor = Actor(cfg, 0)
+    actor.engine = Recorder(actor.engine, {"generate"}, [], delay_s=3.0)
+    errors: list[BaseException] = []
+
+    def serve():
+        try:
+            actor.run()
+        except Shutdown:
+            pass
+        except BaseException as e:  # reported below
+            errors.append(e)
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while buffer.sizes()[0] < 6 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+        # (after the shutdown the stopped actor falls silent and is evicted: counted before)
+        evictions = sum(s.value for m in metrics.evictions.collect() for s in m.samples if s.name.endswith("_total"))
+        state.stopping = "shutdown"
+        thread.join(timeout=60)
+    finally:
+        hub.stop()
+        actor.close()
+        ctx.destroy(linger=0)
+    assert not errors, errors
+    assert buffer.sizes()[0] >= 6  # three generations of 3 s each, all accepted
+    assert evictions == 0
+    joins = next(s.value for m in metrics.joins.collect() for s in m.samples if s.name.endswith("_total"))
+    assert joins == 1  # never had to say hello again
