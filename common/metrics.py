@@ -81,8 +81,10 @@ class HubMetrics:
         self.evictions = Counter("flowrl_hub_evictions_total", "Actors removed from the run", ["reason"], registry=r)
         self.leaves = Counter("flowrl_hub_leaves_total", "Actors that left on their own (SIGTERM)", registry=r)
         self.released = Counter("flowrl_hub_prompts_released_total",
-                                "Leased prompts handed back early (evicted or leaving actor, scorer failure)",
-                                registry=r)
+                                "Leased prompts handed back early (evicted or leaving actor, scorer failure, "
+                                "a refused group)", registry=r)
+        self.given_up = Counter("flowrl_hub_prompts_given_up_total",
+                                "Prompts not trained this epoch: their group was refused 3 times", registry=r)
         self.expected_actors = Gauge("flowrl_hub_expected_actors",
                                      "Actors the run is sized for (learner config actors); alerts compare", registry=r)
         self.leases = Gauge("flowrl_hub_leases_outstanding", "Prompts leased and not yet returned", registry=r)

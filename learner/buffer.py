@@ -11,6 +11,7 @@ Thread-safe: the hub thread leases and completes, the trainer takes.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 import time
@@ -21,6 +22,11 @@ from typing import Callable
 import numpy as np
 
 from common.protocol import Completion
+
+log = logging.getLogger("learner.buffer")
+
+MAX_REFUSALS = 3
+"""Groups of one prompt the hub may refuse in an epoch before the prompt is given up for it."""
 
 
 @dataclass
@@ -49,6 +55,7 @@ class BufferStats:
     expired: int = 0
     dropped_stale: int = 0
     released: int = 0
+    given_up: int = 0
 
 
 class ReplayBuffer:
@@ -72,6 +79,8 @@ class ReplayBuffer:
         self.last_take: int | None = None
         """The policy version of the last successful take (None: none yet)."""
         self._cond = threading.Condition()
+        self._refusals: dict[int, int] = {}
+        """Prompt id -> groups of it refused this epoch (refuse())."""
         self._waiting: list[int] = []
         """The ``k`` of each take() now waiting: complete() wakes them once one could return."""
 
@@ -105,6 +114,7 @@ class ReplayBuffer:
         self.rng.shuffle(ids)
         self.pending.extend(ids)
         self.epoch += 1
+        self._refusals.clear()
         return True
 
     # ------------------------------------------------------------ hub side
@@ -146,6 +156,31 @@ class ReplayBuffer:
             if self._waiting and (len(self.groups) >= min(self._waiting) or self._last_epoch_out_locked()):
                 self._cond.notify_all()
             return ""
+
+    def refuse(self, lease_id: int, actor_id: str, prompt_id: int) -> None:
+        """The hub refused ``actor_id``'s group for ``prompt_id`` (a value out of range, a
+        mismatch): the prompt goes back to the front of the queue at once rather than at the
+        lease's deadline. One refused ``MAX_REFUSALS`` times in an epoch (a reference no
+        completion can score within bounds, an engine that always reports a bad value) is given
+        up for the epoch, so that the epoch can end. A group for a lease that is not the
+        actor's, or a prompt it was not leased, changes nothing."""
+        with self._cond:
+            lease = self.leases.get(lease_id)
+            if lease is None or lease.actor_id != actor_id or prompt_id not in lease.prompt_ids:
+                return
+            lease.prompt_ids.discard(prompt_id)
+            if not lease.prompt_ids:
+                del self.leases[lease_id]
+            self._refusals[prompt_id] = self._refusals.get(prompt_id, 0) + 1
+            if self._refusals[prompt_id] < MAX_REFUSALS:
+                self.pending.appendleft(prompt_id)
+                self.stats.released += 1
+                return
+            self.stats.given_up += 1
+            log.warning("prompt %d given up for epoch %d: its group was refused %d times", prompt_id, self.epoch,
+                        MAX_REFUSALS)
+            if self._waiting and self._last_epoch_out_locked():
+                self._cond.notify_all()  # it may have been the last one out
 
     def release(self, actor_id: str, lease_ids: list[int] | None = None) -> int:
         """Re-queue, at once, the prompts of ``actor_id``'s leases (all of them when

@@ -8,7 +8,8 @@ Malformed or inconsistent messages are dropped and counted in
 minute; the peer and everyone else go on. A trajectory group that is
 well-formed but carries refused values (common/protocol.py ``_check_values``;
 here: token ids outside the model's vocabulary, |score| above
-``max_abs_score``) is also answered with ``Ack(accepted=False, reason)``.
+``max_abs_score``) is also answered with ``Ack(accepted=False, reason)``, and its
+prompt goes back in the queue at once (given up for the epoch after three refusals).
 
 Identity rule (CURVE on, ``curve_dir``): the ZAP handler names the client key
 of every message (its ``User-Id``). The first message that carries a given
@@ -125,7 +126,7 @@ class Hub(threading.Thread):
         self.key_of: dict[str, str] = {}  # actor id -> CURVE key it is bound to (CURVE on only)
         self._logged: dict[tuple[bytes, str], float] = {}  # (peer, reason) -> last logged, oldest first
         self._housekept = 0.0
-        self._mirrored = {"expired": 0, "dropped_stale": 0, "released": 0}
+        self._mirrored = {"expired": 0, "dropped_stale": 0, "released": 0, "given_up": 0}
         self._stopping = threading.Event()
         self.error: BaseException | None = None
         self._outbox: list[tuple[bytes, object]] = []  # replies of the batch being handled
@@ -209,6 +210,7 @@ class Hub(threading.Thread):
                 return
         if refused is not None:
             self._reject(peer, refused.reason, refused.detail)
+            self.buffer.refuse(msg.lease_id, msg.actor_id, msg.prompt_id)  # back in the queue now
             reply = Ack(msg.lease_id, msg.prompt_id, False, refused.reason)
         else:
             reply = handler(peer, msg)
@@ -320,6 +322,9 @@ class Hub(threading.Thread):
             reason = self.buffer.complete(msg.lease_id, group) or None
         if reason is not None:
             self._reject(peer, reason, f"lease {msg.lease_id} prompt {msg.prompt_id}")
+            # back in the queue now, not at the lease's deadline (a no-op unless the lease is
+            # this actor's and holds the prompt: nobody hands back another's work)
+            self.buffer.refuse(msg.lease_id, msg.actor_id, msg.prompt_id)
             return Ack(msg.lease_id, msg.prompt_id, False, reason)
         self.metrics.received.inc()
         return Ack(msg.lease_id, msg.prompt_id, True, "")
@@ -367,7 +372,7 @@ class Hub(threading.Thread):
         self.metrics.leases.set(in_flight)
         # The buffer keeps plain totals (it has no metrics); mirror their growth into the counters.
         for name, counter in (("expired", self.metrics.expired), ("dropped_stale", self.metrics.stale),
-                              ("released", self.metrics.released)):
+                              ("released", self.metrics.released), ("given_up", self.metrics.given_up)):
             total = getattr(self.buffer.stats, name)
             counter.inc(total - self._mirrored[name])
             self._mirrored[name] = total

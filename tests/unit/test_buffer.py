@@ -151,6 +151,27 @@ def test_last_partial_batch_is_returned_not_waited_for():
     assert sizes == [2, 2, 1]
 
 
+def test_a_refused_group_requeues_its_prompt_and_three_refusals_give_it_up():
+    """A prompt whose group the hub refused goes back to the front of the queue at once; one
+    refused three times in an epoch (no completion of it can ever be accepted) is given up for
+    the epoch, which can then end. Another actor's lease is left alone."""
+    b = ReplayBuffer(3, capacity=100, groups_per_step=1, max_staleness=100, lease_timeout_s=5.0, epochs=1)
+    lid, ids = b.lease("a", 3, 0)
+    b.refuse(lid, "b", ids[0])  # not b's lease: nothing changes
+    assert b.sizes() == (0, 3) and not b.pending
+    b.refuse(lid, "a", ids[0])
+    assert list(b.pending) == [ids[0]] and b.sizes() == (0, 2) and b.stats.released == 1
+    for pid in ids[1:]:
+        assert b.complete(lid, _group(pid, 0)) == ""
+    assert b.take(2, 0, timeout_s=0) is not None
+    for attempt in (2, 3):
+        lid, again = b.lease("a", 3, 0)
+        assert again == [ids[0]]
+        b.refuse(lid, "a", ids[0])
+    assert b.stats.given_up == 1 and not b.pending and b.sizes() == (0, 0)
+    assert b.exhausted()  # the epoch ends without it
+
+
 def test_release_requeues_at_once_and_only_that_actors_leases():
     b = _buffer()
     l1, ids1 = b.lease("a", 2, 0)

@@ -181,6 +181,8 @@ def test_hub_refuses_acks_and_counts_by_reason(ctx, change, reason):
         ack = peer.ask(peer.group(work, 0, **change))
         assert ack == Ack(work.lease_id, work.prompts[0].prompt_id, False, reason)
         assert rejected(hub) == {reason: 1.0}
+        # its prompt is back at the front of the queue now, not at the lease's deadline
+        assert hub.buffer.pending[0] == work.prompts[0].prompt_id and hub.buffer.sizes() == (0, 1)
         # the same peer goes on: its next group on the same lease is accepted
         assert peer.ask(peer.group(work, 1)).accepted
         # and so does everyone else
