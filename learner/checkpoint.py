@@ -12,8 +12,9 @@ the previous checkpoints or the new one, never a half-written one that
 
 Resume: ``resolve(run_dir, "auto" | "never" | PATH)`` names the checkpoint,
 ``Trainer.load`` restores the engine, ``restore_rng`` the random state, and
-``truncate_log`` drops the steps.jsonl rows after the checkpoint's step:
-their updates were lost with the process.
+``truncate_log`` drops the steps.jsonl rows written after the checkpoint:
+their updates were lost with the process (and a skipped step's spent prompts
+are in the checkpoint's queue again).
 """
 from __future__ import annotations
 
@@ -89,16 +90,18 @@ def restore_rng(meta: dict) -> None:
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
 
 
-def truncate_log(log_path: Path, step: int) -> int:
-    """Keep the steps.jsonl rows up to ``step`` (atomically); returns how many were dropped."""
+def truncate_log(log_path: Path, step: int, rows: int | None) -> int:
+    """Keep the steps.jsonl rows the checkpoint had: its first ``rows`` (None, a checkpoint
+    that did not count them: those up to ``step``, which keeps a skipped step's row written
+    after it). Atomic; returns how many were dropped."""
     if not log_path.is_file():
         return 0
-    rows = [line for line in log_path.read_text().splitlines() if line.strip()]
-    keep = [line for line in rows if json.loads(line)["step"] <= step]
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    keep = lines[:rows] if rows is not None else [line for line in lines if json.loads(line)["step"] <= step]
     tmp = log_path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, log_path)
-    return len(rows) - len(keep)
+    return len(lines) - len(keep)
 
 
 def _fsync_dir(path: Path) -> None:

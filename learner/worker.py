@@ -74,17 +74,22 @@ class Rank0:
         self.stop_requested = False
         """Set by SIGTERM: the step in progress finishes, then the run checkpoints and stops."""
         self.step_log = None  # opened by begin(), once a resume has trimmed it
+        self.log_rows = 0
+        """Rows steps.jsonl holds; a checkpoint records it, and a resume trims the log back to it."""
         self.waited = 0.0
         """Seconds the last step waited for its groups (the learner idle, waiting for data)."""
 
-    def begin(self, step: int, buffer_state: dict | None, snapshot) -> None:
-        """Start serving actors at ``step`` (0, or the resumed checkpoint's)."""
+    def begin(self, step: int, resumed: dict | None, snapshot) -> None:
+        """Start serving actors at ``step`` (0, or the resumed checkpoint's, whose meta is
+        ``resumed``; None: a fresh run)."""
         log_path = Path(self.cfg.run_dir) / "steps.jsonl"
-        if buffer_state is None:
+        if resumed is None:
             log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
         else:
-            self.buffer.restore(buffer_state)
-            dropped = checkpoint.truncate_log(log_path, step)
+            self.buffer.restore(resumed["buffer"])
+            dropped = checkpoint.truncate_log(log_path, step, resumed.get("log_rows"))
+            self.log_rows = sum(1 for line in log_path.read_text().splitlines() if line.strip()) \
+                if log_path.is_file() else 0
             self.metrics.resumes.inc()
             self.metrics.resumed_from.set(step)
             log.info("resumed at step %d; %d step log row(s) after it dropped", step, dropped)
@@ -154,10 +159,14 @@ class Rank0:
                    staleness_mean=sum(stale) / len(stale), staleness_max=max(stale),
                    wait_seconds=round(self.waited, 3), distinct_ratio=div, distinct_2=d2,
                    broadcast_seconds=round(self.broadcaster.last_seconds, 3), **stats)
-        self.step_log.write(json.dumps(row) + "\n")
-        self.step_log.flush()
+        self._write(row)
         log.info("step %d v%d loss %.4f score %.3f staleness %.2f %.1f samples/s", step, v, stats["loss"],
                  stats["score_mean"], row["staleness_mean"], row["samples_per_s"])
+
+    def _write(self, row: dict) -> None:
+        self.step_log.write(json.dumps(row) + "\n")
+        self.step_log.flush()
+        self.log_rows += 1
 
     def record_skip(self, step: int, groups, stats: dict) -> None:
         """A step whose loss or gradient was not finite: its groups are spent, the policy is not."""
@@ -165,8 +174,7 @@ class Rank0:
         self.buffer.step_skipped(self.state.policy_version)
         row = dict(step=step, version=self.state.policy_version, prompt_ids=[g.prompt_id for g in groups],
                    skipped=stats["skipped"], grad_norm=str(stats["grad_norm"]), loss=str(stats["loss"]))
-        self.step_log.write(json.dumps(row) + "\n")
-        self.step_log.flush()
+        self._write(row)
         log.warning("step after %d skipped: non-finite %s (loss %s, gradient norm %s); weights unchanged",
                     step, stats["skipped"], stats["loss"], stats["grad_norm"])
 
@@ -217,21 +225,22 @@ def _start(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None") -> int:
     if path is None:
         if r0 is not None and cfg.resume == "never":
             shutil.rmtree(checkpoint.checkpoints_dir(cfg.run_dir), ignore_errors=True)  # "never": start over
-        step, buffer_state = 0, None
+        step, meta = 0, None
     else:
         meta = checkpoint.load(trainer.engine, path)
         checkpoint.restore_rng(meta)
-        step, buffer_state = meta["step"], meta["buffer"]
+        step = meta["step"]
         log.info("resuming from %s (step %d)", path, step)
     if r0 is not None:
         snapshot = trainer.snapshot() if cfg.actors else None
-        r0.begin(step, buffer_state, snapshot)
+        r0.begin(step, meta, snapshot)
     return step
 
 
 def _checkpoint(cfg: LearnerConfig, trainer: Trainer, r0: "Rank0 | None", step: int, finished: bool) -> None:
     meta = {"model": cfg.model, "finished": finished,
-            "buffer": r0.buffer.state() if r0 is not None else None}
+            "buffer": r0.buffer.state() if r0 is not None else None,
+            "log_rows": r0.log_rows if r0 is not None else None}
     path = checkpoint.save(trainer.engine, cfg.run_dir, step, meta, trainer.rank, cfg.keep_checkpoints)
     log.info("checkpoint %s written", path)
 

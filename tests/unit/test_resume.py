@@ -69,10 +69,19 @@ def test_checkpoints_are_atomic_and_pruned(tiny, tmp_path):  # noqa: F811
 
 
 def test_step_log_is_trimmed_to_the_checkpoint(tmp_path):
+    """To the rows the checkpoint had: a skipped step's row written after the checkpoint at
+    step 3 carries step 3 too, but its spent prompts are back in that checkpoint's queue and
+    will be trained again: kept, they would count twice."""
     log = tmp_path / "steps.jsonl"
-    log.write_text("".join(json.dumps({"step": s, "prompt_ids": [s]}) + "\n" for s in range(1, 6)))
-    assert checkpoint.truncate_log(log, 3) == 2
-    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]
+    rows = [{"step": s, "prompt_ids": [s]} for s in range(1, 4)] + [{"step": 3, "prompt_ids": [9], "skipped": "loss"}] \
+        + [{"step": s, "prompt_ids": [s]} for s in range(4, 6)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert checkpoint.truncate_log(log, 3, rows=3) == 3
+    assert [json.loads(x) for x in log.read_text().splitlines()] == rows[:3]
+    # a checkpoint that did not count its rows: by step (the skip row stays)
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert checkpoint.truncate_log(log, 3, rows=None) == 2
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 3]
 
 
 def test_resume_from_a_named_checkpoint(tiny, tmp_path):  # noqa: F811
