@@ -50,21 +50,56 @@ class Recorder:
         return call
 
 
-def test_generation_overlaps_scoring_and_groups_stream_within_the_window(tmp_path):
-    from common.models import build_tiny_model
+def _hub(model: str, ctx: zmq.Context, **kw) -> tuple[Hub, ReplayBuffer, RunState, HubMetrics]:
+    """A started hub over PROMPTS for ``model``'s vocabulary (``kw``: more Hub settings)."""
     from transformers import AutoConfig
 
-    model = build_tiny_model(tmp_path / "tiny", seed=4)
-    vocab = AutoConfig.from_pretrained(model).vocab_size
     buffer = ReplayBuffer(len(PROMPTS), capacity=64, groups_per_step=8, max_staleness=3, lease_timeout_s=60.0)
-    ctx = zmq.Context()
     pub = transport.publisher(ctx, "tcp://127.0.0.1:0")
     state = RunState(pub_endpoint=transport.bound_endpoint(pub, "127.0.0.1"))
+    metrics = HubMetrics(CollectorRegistry())
     hub = Hub(bind="tcp://127.0.0.1:0", buffer=buffer, prompts=PROMPTS, kinds=["math"] * len(PROMPTS),
               references=["1"] * len(PROMPTS), sampling=Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=6),
-              state=state, metrics=HubMetrics(CollectorRegistry()), weight_group=None, manifest=[], seats=4,
-              lease_timeout_s=60.0, vocab_size=vocab)
+              state=state, metrics=metrics, weight_group=None, manifest=[], seats=4, lease_timeout_s=60.0,
+              vocab_size=AutoConfig.from_pretrained(model).vocab_size, **kw)
     hub.start()
+    return hub, buffer, state, metrics
+
+
+def _serve(actor: Actor) -> tuple[threading.Thread, list]:
+    """``actor.run()`` in a thread until the hub says the run is over; its failures, listed."""
+    errors: list[BaseException] = []
+
+    def serve():
+        try:
+            actor.run()
+        except Shutdown:
+            pass
+        except BaseException as e:  # reported by the test: it must see the actor's own failure
+            errors.append(e)
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return thread, errors
+
+
+def _close(hub: Hub, actor: Actor, ctx: zmq.Context) -> None:
+    hub.stop()
+    actor.close()
+    ctx.destroy(linger=0)
+
+
+def _wait_for_groups(buffer: ReplayBuffer, n: int, thread: threading.Thread, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while buffer.sizes()[0] < n and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+
+
+def test_generation_overlaps_scoring_and_groups_stream_within_the_window(tmp_path):
+    from common.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny", seed=4)
+    ctx = zmq.Context()
+    hub, buffer, state, _ = _hub(model, ctx)
     cfg = ActorConfig(learner=hub.endpoint, model=model, prompts_per_batch=4, send_window=3, metrics_port=0)
     cfg.validate()
     actor = Actor(cfg, 0)
@@ -81,28 +116,13 @@ def test_generation_overlaps_scoring_and_groups_stream_within_the_window(tmp_pat
         send(traj)
         assert len(actor.unacked) < cfg.send_window  # waited for acks beyond the window
     actor._send_group = watched_send
-
-    errors: list[BaseException] = []
-
-    def serve():
-        try:
-            actor.run()
-        except Shutdown:
-            pass
-        except BaseException as e:  # reported below: the test must see the actor's own failure
-            errors.append(e)
-    thread = threading.Thread(target=serve)
-    thread.start()
+    thread, errors = _serve(actor)
     try:
-        deadline = time.monotonic() + 120
-        while buffer.sizes()[0] < 24 and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.05)
+        _wait_for_groups(buffer, 24, thread, timeout_s=120)
         state.stopping = "shutdown"
         thread.join(timeout=60)
     finally:
-        hub.stop()
-        actor.close()
-        ctx.destroy(linger=0)
+        _close(hub, actor, ctx)
     assert not errors, errors
     assert not thread.is_alive()
     assert hub.error is None
@@ -126,45 +146,22 @@ def test_a_generation_longer_than_the_actor_timeout_keeps_the_seat(tmp_path):
     1.5 s. The actor's heartbeats while it waits keep its seat, and its groups are accepted
     (an evicted actor's groups are refused, and it must say hello again)."""
     from common.models import build_tiny_model
-    from transformers import AutoConfig
 
     model = build_tiny_model(tmp_path / "tiny", seed=4)
-    buffer = ReplayBuffer(len(PROMPTS), capacity=64, groups_per_step=8, max_staleness=3, lease_timeout_s=60.0)
     ctx = zmq.Context()
-    pub = transport.publisher(ctx, "tcp://127.0.0.1:0")
-    state = RunState(pub_endpoint=transport.bound_endpoint(pub, "127.0.0.1"))
-    metrics = HubMetrics(CollectorRegistry())
-    hub = Hub(bind="tcp://127.0.0.1:0", buffer=buffer, prompts=PROMPTS, kinds=["math"] * len(PROMPTS),
-              references=["1"] * len(PROMPTS), sampling=Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=6),
-              state=state, metrics=metrics, weight_group=None, manifest=[], seats=4, lease_timeout_s=60.0,
-              vocab_size=AutoConfig.from_pretrained(model).vocab_size, actor_timeout_s=1.5)
-    hub.start()
+    hub, buffer, state, metrics = _hub(model, ctx, actor_timeout_s=1.5)
     cfg = ActorConfig(learner=hub.endpoint, model=model, prompts_per_batch=2, metrics_port=0, heartbeat_s=0.3)
     actor = Actor(cfg, 0)
     actor.engine = Recorder(actor.engine, {"generate"}, [], delay_s=3.0)
-    errors: list[BaseException] = []
-
-    def serve():
-        try:
-            actor.run()
-        except Shutdown:
-            pass
-        except BaseException as e:  # reported below
-            errors.append(e)
-    thread = threading.Thread(target=serve)
-    thread.start()
+    thread, errors = _serve(actor)
     try:
-        deadline = time.monotonic() + 60
-        while buffer.sizes()[0] < 6 and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.05)
+        _wait_for_groups(buffer, 6, thread, timeout_s=60)
         # (after the shutdown the stopped actor falls silent and is evicted: counted before)
         evictions = sum(s.value for m in metrics.evictions.collect() for s in m.samples if s.name.endswith("_total"))
         state.stopping = "shutdown"
         thread.join(timeout=60)
     finally:
-        hub.stop()
-        actor.close()
-        ctx.destroy(linger=0)
+        _close(hub, actor, ctx)
     assert not errors, errors
     assert buffer.sizes()[0] >= 6  # three generations of 3 s each, all accepted
     assert evictions == 0
